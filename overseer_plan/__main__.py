@@ -1,0 +1,3 @@
+from overseer_plan.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Model catalogue: HF configs of common architectures, shipped as JSON data with a source each."""

@@ -1,0 +1,41 @@
+"""The `overseer` command: a thin shell over the Python API.
+
+Each verb lives in `overseer_plan/commands/<verb>.py`; this file only wires them.
+No arithmetic and no torch here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="overseer",
+    help="Make a training run fit the machine it runs on.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# (module, attribute, verb). A module exposing a Typer sub-app registers with add_typer.
+_VERBS = [
+    ("probe", "probe_command", "probe"),
+]
+
+for _mod, _attr, _verb in _VERBS:
+    _obj = getattr(importlib.import_module(f"overseer_plan.commands.{_mod}"), _attr)
+    if isinstance(_obj, typer.Typer):
+        app.add_typer(_obj, name=_verb)
+    else:
+        app.command(_verb)(_obj)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
