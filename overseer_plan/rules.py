@@ -255,9 +255,18 @@ def _read_file(path: Path, problems: list[str]) -> list[tuple[str, Any]]:
             out.append((rid, _RULE.validate_python(raw)))
         except ValidationError as e:
             for err in e.errors():
-                loc = ".".join(str(x) for x in err["loc"])
-                problems.append(f"{path.name}: rule {rid}: {loc}: {err['msg']}")
+                problems.append(f"{path.name}: rule {rid}: {_describe(err)}")
     return out
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """One pydantic error as 'key: message (got value)', without the union's kind tag in the path."""
+    loc = [str(x) for x in err["loc"]]
+    if loc and loc[0] in ("preset", "requirement", "mode", "ladder", "practice"):
+        loc = loc[1:]
+    got = err.get("input")
+    shown = f" (got {got!r})" if isinstance(got, (str, int, float, bool)) and err["type"] != "extra_forbidden" else ""
+    return f"{'.'.join(loc) or '(rule)'}: {err['msg']}{shown}"
 
 
 def load_rulebook(extra_dirs: tuple[str | Path, ...] | list[str | Path] = ()) -> Rulebook:

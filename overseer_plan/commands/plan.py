@@ -1,0 +1,101 @@
+"""`overseer plan`: the fastest config that fits, with the reason for every setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from overseer_plan.commands._common import handle_errors, print_json
+
+
+def _hardware(hardware: Path | None, ram: str | None, gpu_mem: str | None, gpus: int | None,
+              cpu_only: bool, output_dir: Path):
+    """The machine to plan for: probed, or loaded, with command-line overrides applied."""
+    from overseer_plan.hardware import Hardware
+    from overseer_plan.overrides import with_overrides
+    from overseer_plan.units import parse_size
+
+    if hardware is not None:
+        hw = Hardware.load(hardware)
+    else:
+        from overseer_plan.probe import probe
+
+        hw = probe(output_dir=str(output_dir))
+    return with_overrides(
+        hw,
+        ram_bytes=parse_size(ram, what="--ram") if ram else None,
+        gpu_mem_bytes=parse_size(gpu_mem, what="--gpu-mem") if gpu_mem else None,
+        gpus=gpus, cpu_only=cpu_only,
+    )
+
+
+def user_config(*, resource_efficient: bool, standard: bool, **settings):
+    """A TrainingConfig holding only what the user set on the command line."""
+    from overseer_plan.config import TrainingConfig
+    from overseer_plan.errors import UserInputError
+
+    if resource_efficient and standard:
+        raise UserInputError("--standard and --resource-efficient exclude each other; pick one")
+    given = {k: v for k, v in settings.items() if v is not None}
+    mode = "resource-efficient" if resource_efficient else "standard" if standard else None
+    if mode:
+        given["resource_efficient_mode"] = mode == "resource-efficient"
+    return TrainingConfig.from_dict(given, what="the command line"), mode
+
+
+@handle_errors
+def plan_command(
+    model: str = typer.Option(None, "--model", "-m", help="Catalogue name, HF hub id or local directory (default: overseer-tiny)."),
+    standard: bool = typer.Option(False, "--standard", help="Use the standard preset."),
+    resource_efficient: bool = typer.Option(False, "--resource-efficient", help="Use the resource-efficient preset."),
+    hardware: Path = typer.Option(None, "--hardware", help="Plan for a profile saved by `overseer probe --save`."),
+    ram: str = typer.Option(None, "--ram", help="Plan for this much RAM, e.g. 8GiB."),
+    gpu_mem: str = typer.Option(None, "--gpu-mem", help="Plan for GPUs with this much memory, e.g. 4GiB."),
+    gpus: int = typer.Option(None, "--gpus", min=0, help="Plan for this many GPUs (one process each)."),
+    cpu_only: bool = typer.Option(False, "--cpu-only", help="Plan CPU-only training."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Micro-batch size (fixed unless the fit may re-split)."),
+    gradient_accumulation_steps: int = typer.Option(None, "--gradient-accumulation-steps", min=1),
+    max_sequence_length: int = typer.Option(None, "--max-sequence-length", min=8),
+    allow_sequence_reduction: bool = typer.Option(False, "--allow-sequence-reduction",
+                                                  help="Let the fit shorten sequences (changes what is learned)."),
+    rules: list[Path] = typer.Option([], "--rules", help="Extra rules directory; overrides shipped rules by id."),
+    output: Path = typer.Option(None, "-o", "--output", help="Write the plan as YAML for `overseer train --config`."),
+    output_dir: Path = typer.Option(Path("."), "--output-dir", help="Where checkpoints will go (disk check)."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Confirm the winner with the traced dry run."),
+    explain: bool = typer.Option(False, "--explain", help="Show every candidate tried and why it lost."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Pick the mode and the fastest settings that fit this machine, and explain each one.
+
+    Examples:
+
+        overseer plan --model gpt2 --ram 8GiB --gpu-mem 4GiB
+
+        overseer plan --model ./my-model --explain -o plan.yaml && overseer train --config plan.yaml
+    """
+    from overseer_plan.plan import Workload, make_plan
+    from overseer_plan.rules import load_rulebook
+
+    book = load_rulebook(rules)
+    cfg, mode = user_config(resource_efficient=resource_efficient, standard=standard, model=model,
+                            batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+                            max_sequence_length=max_sequence_length,
+                            allow_sequence_reduction=allow_sequence_reduction or None,
+                            use_gpu=False if cpu_only else None)
+    hw = _hardware(hardware, ram, gpu_mem, gpus, cpu_only, output_dir)
+    workload = Workload(model=model, config=cfg, mode=mode, num_processes=max(1, gpus or 1),
+                        validate_plan=validate)
+    plan = make_plan(hw, workload, book)
+    if output is not None:
+        from overseer_plan.plan_file import save_plan
+
+        save_plan(plan, output)
+    if as_json:
+        print_json(plan)
+    else:
+        from overseer_plan.commands._render_plan import render_plan
+
+        typer.echo(render_plan(plan, explain=explain))
+    if not plan.feasible:
+        raise typer.Exit(code=1)
