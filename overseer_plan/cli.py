@@ -19,9 +19,19 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Make a training run fit the machine it runs on."""
+
+
 # (module, attribute, verb). A module exposing a Typer sub-app registers with add_typer.
 _VERBS = [
     ("probe", "probe_command", "probe"),
+    ("doctor", "doctor_app", "doctor"),
+    ("train", "train_command", "train"),
+    ("plan", "plan_command", "plan"),
 ]
 
 for _mod, _attr, _verb in _VERBS:
@@ -31,6 +41,10 @@ for _mod, _attr, _verb in _VERBS:
     else:
         app.command(_verb)(_obj)
 
+# `overseer doctor oom|slow|overwhelmed` live in their own module.
+importlib.import_module("overseer_plan.commands.doctor_ladder").register(
+    importlib.import_module("overseer_plan.commands.doctor").doctor_app
+)
 
 def main() -> None:
     """Console-script entry point."""

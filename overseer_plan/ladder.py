@@ -223,23 +223,25 @@ def _action(rule: LadderRule, cfg: TrainingConfig, hw: Hardware, ev: _Evaluator,
 
 def _smaller_models(ev: _Evaluator, cfg: TrainingConfig) -> str:
     """Catalogue models smaller than the current one, with their estimated peak at these settings."""
-    from overseer_plan.estimate import count_parameters
+    from overseer_plan.errors import OverseerError
+    from overseer_plan.estimate import estimate
     from overseer_plan.models import list_catalogue
 
+    def size(name: str) -> int:
+        return estimate(name).model_info.num_params
+
     try:
-        mine = count_parameters(ev.model)
-    except Exception as e:  # a model we cannot size: still give the generic advice
-        return f"parameters, gradients and optimizer states scale with model size ({type(e).__name__})"
-    options = []
-    for entry in list_catalogue():
-        name = entry.name
-        n = count_parameters(name)
-        if n < mine:
-            options.append((n, name))
-    if not options:
-        return f"{ev.model} ({mine / 1e6:.0f}M parameters) is already the smallest known model"
+        mine = size(ev.model)
+    except OverseerError as e:  # a model we cannot size: still give the generic advice
+        return f"parameters, gradients and optimizer states scale with model size ({e})"
+    options = sorted(((size(e.name), e.name) for e in list_catalogue() if e.name != ev.model), reverse=True)
+    smaller = [(n, name) for n, name in options if n < mine][:3]
+    if not smaller:
+        return f"{ev.model} ({mine / 1e6:.1f}M parameters) is already the smallest known model"
     shown = []
-    for n, name in sorted(options, reverse=True)[:3]:
+    for n, name in smaller:
         sub = _Evaluator(ev.hw, name, ev.device, ev.n)
-        shown.append(f"{name} ({n / 1e6:.0f}M params, peak {fmt_bytes(sub.peak(cfg))})")
-    return f"{ev.model} has {mine / 1e6:.0f}M parameters; smaller: " + ", ".join(shown)
+        limit = estimate(name).model_info.max_positions or cfg.max_sequence_length
+        peak = sub.peak(cfg.with_changes(max_sequence_length=min(cfg.max_sequence_length, limit)))
+        shown.append(f"{name} ({n / 1e6:.1f}M params, peak {fmt_bytes(peak)})")
+    return f"{ev.model} has {mine / 1e6:.1f}M parameters; smaller: " + ", ".join(shown)

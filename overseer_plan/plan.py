@@ -70,6 +70,8 @@ class Candidate(_Model):
     """Recompute activations."""
     precision: str
     """fp32, fp16 or bf16."""
+    optimizer: str = "adamw"
+    """Optimizer (a memory-lean one only when AdamW fits nowhere on the device)."""
     max_sequence_length: int
     """Tokens per sequence."""
     peak_bytes: int | None = None
@@ -214,6 +216,12 @@ def _plan_in_mode(hw: Hardware, wl: Workload, book: Rulebook, mode: str, reasons
     if hw.gpus and hw.gpus[0].backend == "mps" and base.use_gpu:
         device = "mps"
     cands = _search(hw, wl, base, model, device)
+    for optimizer in _lean_optimizers(base, device):
+        if any(c.rejected is None for c in cands):
+            break
+        # AdamW's two fp32 moments (8 bytes/param) are the largest fixed cost; a factored or 8-bit
+        # optimizer state can make a GPU usable that AdamW cannot fit (Shazeer & Stern 2018; Dettmers et al. 2021).
+        cands += _search(hw, wl, base.with_changes(optimizer=optimizer), model, device)
     if not any(c.rejected is None for c in cands) and device != "cpu":
         cands += _search(hw, wl, base, model, "cpu")  # GPU too small: CPU training is a supported mode
     winner, validation = _validate(hw, wl, base, model, cands)
@@ -268,6 +276,18 @@ def _max_positions(model: str) -> int | None:
     return None
 
 
+def _lean_optimizers(base: TrainingConfig, device: Device) -> list[str]:
+    """Optimizers tried when AdamW fits nowhere on the device (never when the user chose one)."""
+    if "optimizer" in base.explicit_fields() or base.optimizer != "adamw":
+        return []
+    import importlib.util
+
+    lean = ["adafactor"]
+    if device == "cuda" and importlib.util.find_spec("bitsandbytes") is not None:
+        lean.insert(0, "adamw8bit")
+    return lean
+
+
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -300,7 +320,8 @@ def _search(hw: Hardware, wl: Workload, base: TrainingConfig, model: str, device
             for gc in ckpt:
                 for mb in micro:
                     c = Candidate(device=device, batch_size=mb, gradient_accumulation_steps=per_process // mb,
-                                  gradient_checkpointing=gc, precision=precision, max_sequence_length=seq)
+                                  gradient_checkpointing=gc, precision=precision, max_sequence_length=seq,
+                                  optimizer=base.optimizer)
                     out.append(_judge(hw, wl, base, model, c))
     ranked = sorted(out, key=lambda c: (c.rejected is not None, -c.score, -c.max_sequence_length, -c.batch_size, c.gradient_checkpointing))
     for c in ranked[1:]:
@@ -332,6 +353,7 @@ def _apply(base: TrainingConfig, c: Candidate) -> TrainingConfig:
         mixed_precision_dtype=c.precision if c.precision != "fp32" else base.mixed_precision_dtype,
         use_gpu=c.device != "cpu" and base.use_gpu,
         pin_memory=base.pin_memory and c.device == "cuda",
+        optimizer=c.optimizer,
     )
 
 
@@ -358,7 +380,7 @@ def _validate(hw: Hardware, wl: Workload, base: TrainingConfig, model: str,
 def _promote(cands: list[Candidate], winner: Candidate) -> Candidate:
     winner.rejected = None
     for c in cands:
-        if c is not winner and c.rejected is None:
+        if c is not winner and (c.rejected is None or c.rejected.startswith("fits, but")):
             c.rejected = f"fits, but slower (score {c.score:.3f} vs {winner.score:.3f})"
     return winner
 
@@ -378,6 +400,7 @@ def _fit_decisions(base: TrainingConfig, cfg: TrainingConfig, winner: Candidate 
         "mixed_precision_dtype": "bf16 where the hardware runs it natively (no loss scaling), else fp16",
         "pin_memory": "pinned buffers only help host-to-GPU copies",
         "use_gpu": "nothing fits on the GPU" if device == "cpu" and hw.gpus else "no usable GPU",
+        "optimizer": "AdamW's states do not fit on this device at any micro-batch; a memory-lean optimizer does",
     }
     for name, text in why.items():
         if getattr(cfg, name) != getattr(base, name):

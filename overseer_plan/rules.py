@@ -16,8 +16,9 @@ Rule kinds:
 from __future__ import annotations
 
 import functools
+import operator
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -27,6 +28,10 @@ from overseer_plan.units import parse_size
 Mode = Literal["standard", "resource-efficient"]
 Symptom = Literal["oom", "slow", "overwhelmed"]
 _OPS = ("lt", "le", "gt", "ge", "eq", "ne", "in", "present")
+_COMPARE = {
+    "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge,
+    "eq": operator.eq, "ne": operator.ne, "in": lambda value, ref: value in ref,
+}
 
 
 class _Strict(BaseModel):
@@ -105,14 +110,8 @@ class Condition(_Strict):
             return False
         for op in _OPS:
             ref = self._op_value(op)
-            if ref is None:
-                continue
-            return {
-                "lt": lambda: value < ref, "le": lambda: value <= ref,
-                "gt": lambda: value > ref, "ge": lambda: value >= ref,
-                "eq": lambda: value == ref, "ne": lambda: value != ref,
-                "in": lambda: value in ref,
-            }[op]()
+            if ref is not None:
+                return _COMPARE[op](value, ref)
         raise AssertionError("validated condition without an operator")
 
 
@@ -188,7 +187,7 @@ class PracticeRule(_Rule):
     """What to do."""
 
 
-Rule = Annotated[Union[PresetRule, RequirementRule, ModeRule, LadderRule, PracticeRule], Field(discriminator="kind")]
+Rule = Annotated[PresetRule | RequirementRule | ModeRule | LadderRule | PracticeRule, Field(discriminator="kind")]
 _RULE = TypeAdapter(Rule)
 
 

@@ -24,7 +24,7 @@ def render_plan(plan: Any, *, explain: bool = False) -> str:
             mark = "✓" if c.rejected is None else " "
             lines.append(
                 f" {mark} {c.device:<4} micro {c.batch_size:>3} x accum {c.gradient_accumulation_steps:>3}  "
-                f"ckpt {'on ' if c.gradient_checkpointing else 'off'}  {c.precision:<4} seq {c.max_sequence_length:<5} "
+                f"ckpt {'on ' if c.gradient_checkpointing else 'off'}  {c.precision:<4} {c.optimizer:<9} seq {c.max_sequence_length:<5} "
                 f"peak {fmt_bytes(c.peak_bytes):>10}  score {c.score:.3f}  {c.rejected or 'chosen'}"
             )
     return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""`overseer train`: train a causal LM that fits this machine, stepping down on OOM, resumable.
+
+Exit codes: 0 done; 1 a checkpoint could not be written (disk full...); 2 bad input; 3 out of memory
+with no rung left on the ladder (see `overseer doctor oom`); 75 a sticky device error persisted after
+3 automatic restarts; 130 stopped by Ctrl-C/SIGTERM after saving a checkpoint (resume with --resume).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from overseer_plan.commands._common import handle_errors
+from overseer_plan.errors import UserInputError
+
+EXIT_INTERRUPTED = 130
+
+
+@handle_errors
+def train_command(
+    auto: bool = typer.Option(False, "--auto", help="Fit the run to this machine with the planner (the default)."),
+    standard: bool = typer.Option(False, "--standard", help="Standard mode's preset (spec: batch 16 x 4, seq 2048)."),
+    resource_efficient: bool = typer.Option(False, "--resource-efficient",
+                                            help="Resource-efficient preset (batch 4 x 16, seq 1024, checkpointing)."),
+    config_file: Path | None = typer.Option(None, "--config", metavar="PLAN.yaml",
+                                            help="Settings or a plan file from `overseer plan --save`."),
+    model: str | None = typer.Option(None, "--model", help="Catalogue name, local model directory or hub id."),
+    data: list[str] = typer.Option([], "--data", help="Text/Markdown/JSONL file or directory (repeatable)."),
+    output: str | None = typer.Option(None, "--output", metavar="DIR", help="Run directory."),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Optimizer steps to run."),
+    epochs: float | None = typer.Option(None, "--epochs", help="Passes over the data (when --max-steps is not given)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Micro-batch size per process."),
+    grad_accum: int | None = typer.Option(None, "--gradient-accumulation-steps", min=1, help="Micro-batches per step."),
+    seq_len: int | None = typer.Option(None, "--max-sequence-length", min=8, help="Tokens per sequence."),
+    learning_rate: float | None = typer.Option(None, "--learning-rate", help="Peak learning rate."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint in --output."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for init, data order and dropout."),
+    scale_up: bool = typer.Option(False, "--scale-up", help="Step back up a rung after stable steps with headroom."),
+    cpu_only: bool = typer.Option(False, "--cpu-only", help="Train on the CPU even when a GPU is present."),
+    allow_seq: bool = typer.Option(False, "--allow-sequence-reduction",
+                                   help="Let the planner and the OOM ladder shorten sequences (changes what is learned)."),
+) -> None:
+    """Train a causal LM: the embedded default (overseer-tiny on Python's own source) when no model/data.
+
+    Examples:
+
+        overseer train --auto                                  # embedded default, ~2 minutes on a laptop CPU
+
+        overseer train --resource-efficient --model ./my-model --data notes/ --output runs/notes --resume
+    """
+    from trainer.run import train
+
+    modes = [name for name, on in (("--auto", auto), ("--standard", standard),
+                                   ("--resource-efficient", resource_efficient), ("--config", config_file)) if on]
+    if len(modes) > 1:
+        raise UserInputError(f"{' and '.join(modes)}: choose one of --auto, --standard, --resource-efficient, --config")
+    if max_steps is not None and epochs is not None:
+        raise UserInputError("--max-steps and --epochs: give one (--max-steps wins over epochs in a config file)")
+    flags = _flags(locals())
+    config = _build_config(flags, config_file, resource_efficient)
+    mode = "standard" if standard else "resource-efficient" if resource_efficient else None
+    use_auto = not (standard or resource_efficient or config_file)  # --auto is the default
+    result = _run(train, config, auto=use_auto, mode=mode, resume=resume)
+    _print_summary(result)
+    if result.interrupted:
+        raise typer.Exit(code=EXIT_INTERRUPTED)
+
+
+_FLAG_FIELDS = {"model": "model", "data": "data", "output": "output_dir", "max_steps": "max_steps", "epochs": "epochs",
+                "batch_size": "batch_size", "grad_accum": "gradient_accumulation_steps", "seq_len": "max_sequence_length",
+                "learning_rate": "learning_rate", "seed": "seed"}
+
+
+def _flags(options: dict[str, Any]) -> dict[str, Any]:
+    out = {field: options[opt] for opt, field in _FLAG_FIELDS.items() if options[opt] not in (None, [])}
+    for opt, field in (("scale_up", "scale_up"), ("allow_seq", "allow_sequence_reduction")):
+        if options[opt]:
+            out[field] = True
+    if options["cpu_only"]:
+        out["use_gpu"] = False
+    return out
+
+
+def _build_config(flags: dict[str, Any], config_file: Path | None, resource_efficient: bool) -> Any:
+    from overseer_plan.config import TrainingConfig
+
+    base: dict[str, Any] = {}
+    if config_file is not None:
+        loaded = TrainingConfig.load(config_file)  # one-line errors naming each bad key
+        base = {k: getattr(loaded, k) for k in loaded.explicit_fields()}
+    if resource_efficient:
+        base["resource_efficient_mode"] = True
+    return TrainingConfig.from_dict({**base, **flags}, what="the train options")
+
+
+def _run(train: Any, config: Any, **kwargs: Any) -> Any:
+    from trainer.loop import RestartRequired
+
+    reporter = _ProgressReporter()
+    try:
+        return train(config, reporter=reporter, **kwargs)
+    except RestartRequired as e:
+        _restart_or_fail(e)
+        raise
+    finally:
+        reporter.close()
+
+
+def _restart_or_fail(error: Exception) -> None:
+    """After a sticky device error, replace this process with a fresh one that resumes (bounded)."""
+    from trainer.run import MAX_RESTARTS, RESTART_ENV, restart_count
+
+    done = restart_count()
+    if done >= MAX_RESTARTS:
+        return  # handle_errors prints the message and exits 75
+    typer.echo(f"overseer: {error}; restart {done + 1} of {MAX_RESTARTS}", err=True)
+    argv = [a for a in sys.argv[1:] if a != "--resume"] + ["--resume"]
+    os.environ[RESTART_ENV] = str(done + 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "overseer_plan", *argv])
+
+
+class _ProgressReporter:
+    """A tqdm bar on stderr (loss, tokens/s, RSS, ETA) and messages printed above it."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def start(self, *, start_step: int, total_steps: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, step: int, info: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{info['loss']:.3f}", tok_s=f"{info['tokens_per_s']:.0f}",
+                                 rss=f"{info['rss_gib']:.2f}GiB", micro=info["micro"], refresh=False)
+            self.bar.update(step - self.bar.n)
+
+    def message(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(f"overseer: {text}", file=sys.stderr)
+        else:
+            typer.echo(f"overseer: {text}", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _print_summary(r: Any) -> None:
+    def fmt(x: float | None, spec: str = ".4f") -> str:
+        return "n/a" if x is None else format(x, spec)
+
+    drop = ""
+    if r.initial_eval_loss and r.final_eval_loss is not None:
+        drop = f" ({100 * (1 - r.final_eval_loss / r.initial_eval_loss):.0f}% below the start, {fmt(r.initial_eval_loss)})"
+    state = "stopped by signal; resume with --resume" if r.interrupted else "done"
+    typer.echo(f"{state}: {r.optimizer_steps} steps of {r.effective_batch_size} sequences on {r.device} ({r.precision}); "
+               f"model {r.model}{' (from scratch)' if r.from_scratch else ''}")
+    typer.echo(f"  final loss {fmt(r.final_loss)}, eval loss {fmt(r.final_eval_loss)}{drop}")
+    typer.echo(f"  {fmt(r.samples_per_s, '.2f')} samples/s, {fmt(r.tokens_per_s, '.0f')} tokens/s, first step after "
+               f"{fmt(r.time_to_first_step_s, '.1f')} s, {r.oom_events} OOM event(s), {r.step_downs} step-down(s)")
+    typer.echo(f"  run directory: {r.run_dir} (summary.json, metrics.jsonl, events.jsonl, monitor.jsonl)")

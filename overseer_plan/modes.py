@@ -1,0 +1,57 @@
+"""Which mode the rulebook recommends for a machine: resource-efficient, standard, or "let the fit decide".
+
+The spec's "When to Use" lists are data in `rules/modes.yaml`; this module only interprets them.
+Resource-efficient wins whenever any of its rules holds (every matching reason is kept, so
+the user sees all of them); standard needs one of its rules to hold; when neither does, the
+rulebook has no opinion and the planner's fit decides (`overseer plan`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from overseer_plan.facts import hardware_facts
+from overseer_plan.hardware import Hardware
+from overseer_plan.rules import Mode, Rulebook
+
+FIT_DECIDES = "no mode rule matched: the planner's fit decides (overseer plan)"
+
+
+class ModeAdvice(BaseModel):
+    """The rulebook's mode recommendation and the rules behind it."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    mode: Mode | None = None
+    """The recommended mode; None when no rule matched and the planner's fit decides."""
+    reasons: list[tuple[str, str]] = Field(default_factory=list)
+    """(rule id, why) of every matching rule of the recommended mode, sorted by rule id."""
+
+    def describe(self) -> str:
+        """One line: the mode and every reason, or what happens when there is none."""
+        if self.mode is None:
+            return FIT_DECIDES
+        return f"{self.mode}: " + "; ".join(why.rstrip(".") for _, why in self.reasons)
+
+
+def recommend_mode(hw: Hardware, rulebook: Rulebook, *, extra: dict[str, Any] | None = None) -> ModeAdvice:
+    """Apply the rulebook's mode rules to `hw`.
+
+    Args:
+        hw: the machine.
+        rulebook: a loaded rulebook (`load_rulebook()`).
+        extra: additional facts by name, passed to `hardware_facts`.
+
+    Returns:
+        resource-efficient when any resource-efficient rule holds (all matching reasons),
+        else standard when a standard rule holds, else mode None (the planner's fit decides).
+    """
+    facts = hardware_facts(hw, extra)
+    matching = [r for r in rulebook.of_kind("mode") if r.when.holds(facts)]
+    for mode in ("resource-efficient", "standard"):
+        hits = [(r.id, r.why) for r in matching if r.mode == mode]
+        if hits:
+            return ModeAdvice(mode=mode, reasons=hits)
+    return ModeAdvice()
