@@ -34,6 +34,9 @@ def apply_change(cfg: TrainingConfig, rule: LadderRule, num_processes: int = 1) 
         return None
     per_process = cfg.batch_size * cfg.gradient_accumulation_steps
     updates: dict[str, Any] = dict(ch.set)
+    updates.update({k: v for k, v in ch.at_least.items() if getattr(cfg, k) < v})
+    if ch.at_least and not any(k in updates for k in ch.at_least):
+        return None
     if ch.halve == "batch_size":
         smaller = [d for d in range(1, cfg.batch_size) if per_process % d == 0 and d <= cfg.batch_size // 2]
         if not smaller:
@@ -154,6 +157,7 @@ class _Evaluator:
 def walk_ladder(symptom: Literal["oom", "slow", "overwhelmed"], cfg: TrainingConfig, hw: Hardware, *,
                 model: str, device: str, rulebook: Rulebook, num_processes: int = 1) -> LadderReport:
     """Apply the symptom's ladder to `cfg` rung by rung, keeping only the rungs that help."""
+    cfg = _cap_sequence(cfg, model)
     ev = _Evaluator(hw, model, device, num_processes)
     current = cfg
     rungs = []
@@ -170,12 +174,20 @@ def walk_ladder(symptom: Literal["oom", "slow", "overwhelmed"], cfg: TrainingCon
                         rungs=rungs, final=_summary(current))
 
 
+def _cap_sequence(cfg: TrainingConfig, model: str) -> TrainingConfig:
+    """As training will: never a sequence longer than the model's maximum."""
+    from overseer_plan.plan import max_positions
+
+    limit = max_positions(model)
+    return cfg.with_changes(max_sequence_length=limit) if limit and cfg.max_sequence_length > limit else cfg
+
+
 def _judge(symptom: str, rule: LadderRule, before: TrainingConfig, after: TrainingConfig | None,
            ev: _Evaluator) -> tuple[Rung, bool]:
     base = {"step": rule.step, "rule": rule.id, "source": rule.source}
     if after is None:
-        return Rung(**base, change="already applied or not applicable", verdict="no effect",
-                    detail=f"nothing to change from {_diff(before, before)}"), False
+        return Rung(**base, change="nothing to change", verdict="no effect",
+                    detail="already in place at these settings, or not applicable"), False
     p0, p1 = ev.peak(before), ev.peak(after)
     speed = ev.speed(after) / ev.speed(before)
     budget = ev.budget(after)
@@ -206,6 +218,7 @@ def _action(rule: LadderRule, cfg: TrainingConfig, hw: Hardware, ev: _Evaluator,
         std = TrainingConfig(resource_efficient_mode=False, **{k: getattr(cfg, k) for k in cfg.explicit_fields()
                                                                 if k != "resource_efficient_mode"})
         std.apply_preset(book)
+        std = _cap_sequence(std, ev.model)
         p1, budget = ev.peak(std), ev.budget(std)
         speed = ev.speed(std) / ev.speed(cfg)
         fits = p1 <= budget

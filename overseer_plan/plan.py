@@ -233,7 +233,7 @@ def _plan_in_mode(hw: Hardware, wl: Workload, book: Rulebook, mode: str, reasons
     decisions = list({d.setting: d for d in decisions}.values())  # the last word on each setting
     return Plan(
         mode=mode, mode_reasons=reasons, config=cfg, device=dev, num_processes=wl.num_processes,
-        decisions=decisions, estimate=est.model_dump(mode="json") if est else None,
+        decisions=decisions, estimate=est.model_dump(mode="json", exclude={"elapsed_s"}) if est else None,
         budget_bytes=dev_budget, host_budget_bytes=host_budget, candidates=cands,
         feasible=winner is not None, validation=validation,
     )
@@ -252,7 +252,7 @@ def _base_config(hw: Hardware, wl: Workload, book: Rulebook, mode: str, model: s
             decisions.append(Decision(setting=name, value=getattr(cfg, name), rule="user", why="set explicitly; wins over the preset"))
         else:
             decisions.append(Decision(setting=name, value=value, rule=rule.id, why=rule.why))
-    limit = _max_positions(model)
+    limit = max_positions(model)
     if limit and cfg.max_sequence_length > limit:
         cfg = cfg.with_changes(max_sequence_length=limit)
         decisions.append(Decision(setting="max_sequence_length", value=limit, rule="model",
@@ -265,7 +265,8 @@ def _base_config(hw: Hardware, wl: Workload, book: Rulebook, mode: str, model: s
     return cfg, decisions
 
 
-def _max_positions(model: str) -> int | None:
+def max_positions(model: str) -> int | None:
+    """The longest sequence the model's config allows, when it says."""
     from overseer_plan.models import resolve_model_config
 
     mc = resolve_model_config(model)

@@ -157,6 +157,8 @@ class Change(_Strict):
 
     set: dict[str, Any] = Field(default_factory=dict)
     """Absolute new values for TrainingConfig fields."""
+    at_least: dict[str, Any] = Field(default_factory=dict)
+    """Raise these fields to at least the value (the rung does nothing where they are already higher)."""
     halve: str | None = None
     """A field halved along the divisors of the effective batch (repeatable rung)."""
     keep_effective_batch: bool = False
@@ -313,7 +315,7 @@ def _check_references(rules: dict[str, Any], origin: dict[str, str]) -> list[str
         conds = [getattr(r, a) for a in ("when", "check", "applies_when") if getattr(r, a, None) is not None]
         for fact in sorted(set().union(*(c.facts() for c in conds)) - set(FACTS)) if conds else []:
             problems.append(f"{Path(origin[rid]).name}: rule {rid}: unknown fact {fact!r} (known: see overseer_plan/facts.py)")
-        settings = dict(r.set) if r.kind == "preset" else dict(r.change.set) if r.kind == "ladder" else {}
+        settings = dict(r.set) if r.kind == "preset" else {**r.change.set, **r.change.at_least} if r.kind == "ladder" else {}
         if r.kind == "ladder" and r.change.halve:
             settings[r.change.halve] = None
         for name in sorted(set(settings) - fields):

@@ -1,0 +1,115 @@
+"""The planner on synthetic machines: mode choice, the fit within budget, determinism, explanations."""
+
+from __future__ import annotations
+
+import pytest
+from _hw import GiB, gpu, make_hw
+
+from overseer_plan.config import TrainingConfig
+from overseer_plan.overrides import with_overrides
+from overseer_plan.plan import Workload, make_plan
+from overseer_plan.rules import load_rulebook
+
+
+def _plan(hw, model="gpt2", validate=False, **cfg):
+    wl = Workload(model=model, config=TrainingConfig(**cfg), validate_plan=validate)
+    return make_plan(hw, wl, load_rulebook())
+
+
+def test_small_laptop_gets_resource_efficient_within_75_percent_of_a_4gib_gpu() -> None:
+    hw = with_overrides(make_hw(), ram_bytes=8 * GiB, gpu_mem_bytes=4 * GiB)
+    plan = _plan(hw)
+    assert plan.mode == "resource-efficient" and plan.feasible and plan.device == "cuda"
+    assert plan.estimate["peak_bytes"] <= 0.75 * 4 * GiB
+    assert plan.config.effective_batch_size() == 64
+    # Settings the fit did not need to touch come straight from the resource-efficient preset.
+    assert (plan.config.learning_rate, plan.config.save_steps, plan.config.max_ram_percent) == (5e-5, 200, 70.0)
+    assert any(r.startswith("mode.resource-efficient.limited-gpu") for r in plan.mode_reasons)
+
+
+def test_big_idle_workstation_gets_standard_values() -> None:
+    hw = make_hw(ram_gb=64, others_gb=1, gpus=[gpu(24)])
+    plan = _plan(hw)
+    assert plan.mode == "standard" and plan.device == "cuda"
+    c = plan.config
+    assert (c.gradient_checkpointing, c.learning_rate, c.max_gpu_percent, c.num_workers) == (False, 1e-4, 90.0, 1)
+    assert c.effective_batch_size() == 64
+    assert c.mixed_precision_dtype == "bf16"  # compute capability 8.6 runs bf16 natively
+
+
+def test_container_limit_below_host_ram_makes_it_resource_efficient() -> None:
+    hw = make_hw(ram_gb=64, limit_gb=12, limit_source="cgroup v2 memory.max", gpus=[gpu(24)])
+    plan = _plan(hw)
+    assert plan.mode == "resource-efficient"
+    assert any("limited-ram" in r for r in plan.mode_reasons)
+
+
+@pytest.mark.parametrize("ram_gib", [3, 4, 6, 12])
+def test_fit_never_exceeds_the_budget_and_keeps_the_effective_batch(ram_gib: int) -> None:
+    hw = with_overrides(make_hw(), ram_bytes=ram_gib * GiB, cpu_only=True)
+    plan = _plan(hw, model="pythia-160m")
+    if not plan.feasible:
+        assert all(c.rejected for c in plan.candidates)
+        return
+    assert plan.estimate["peak_bytes"] <= plan.budget_bytes
+    assert plan.config.effective_batch_size() == 64
+    for c in plan.candidates:
+        if c.rejected is None or c.rejected.startswith("fits"):
+            assert c.peak_bytes <= plan.budget_bytes
+
+
+def test_more_memory_never_gives_a_smaller_micro_batch() -> None:
+    sizes = []
+    for ram in (4, 8, 16, 32):
+        plan = _plan(with_overrides(make_hw(), ram_bytes=ram * GiB, cpu_only=True), model="pythia-160m",
+                     resource_efficient_mode=True)
+        sizes.append(plan.config.batch_size if plan.feasible else 0)
+    assert sizes == sorted(sizes)
+
+
+def test_the_same_inputs_give_the_same_plan() -> None:
+    hw = with_overrides(make_hw(), ram_bytes=8 * GiB, gpu_mem_bytes=4 * GiB)
+    assert _plan(hw).model_dump_json() == _plan(hw).model_dump_json()
+
+
+def test_explicit_settings_win_and_are_explained() -> None:
+    hw = make_hw(ram_gb=64, gpus=[gpu(24)])
+    plan = _plan(hw, batch_size=8, gradient_accumulation_steps=8, learning_rate=3e-4)
+    assert (plan.config.batch_size, plan.config.gradient_accumulation_steps, plan.config.learning_rate) == (8, 8, 3e-4)
+    rules = {d.setting: d.rule for d in plan.decisions}
+    assert rules["batch_size"] == "user" and rules["learning_rate"] == "user"
+
+
+def test_train_auto_may_resplit_an_explicit_batch_but_keeps_the_product() -> None:
+    hw = with_overrides(make_hw(), ram_bytes=4 * GiB, cpu_only=True)
+    wl = Workload(model="pythia-160m", config=TrainingConfig(batch_size=32, gradient_accumulation_steps=2),
+                  resplit_batch=True, validate_plan=False)
+    plan = make_plan(hw, wl)
+    assert plan.feasible and plan.config.effective_batch_size() == 64 and plan.config.batch_size < 32
+
+
+def test_sequence_capped_at_the_models_maximum() -> None:
+    plan = _plan(make_hw(ram_gb=32), model="overseer-tiny")
+    assert plan.config.max_sequence_length == 512
+    assert any(d.rule == "model" for d in plan.decisions if d.setting == "max_sequence_length")
+
+
+def test_every_setting_has_a_reason() -> None:
+    plan = _plan(with_overrides(make_hw(), ram_bytes=8 * GiB, gpu_mem_bytes=4 * GiB))
+    settings = {d.setting for d in plan.decisions}
+    assert {"batch_size", "gradient_accumulation_steps", "max_sequence_length", "learning_rate",
+            "gradient_checkpointing", "mixed_precision", "num_workers", "pin_memory", "save_steps",
+            "eval_steps", "logging_steps", "memory_check_interval", "max_ram_percent", "max_gpu_percent"} <= settings
+    assert all(d.why for d in plan.decisions)
+
+
+def test_nothing_fits_is_reported_not_hidden() -> None:
+    hw = with_overrides(make_hw(), ram_bytes=1 * GiB, cpu_only=True)
+    plan = _plan(hw, model="gpt2-large")
+    assert not plan.feasible and plan.estimate is None
+    assert all(c.rejected for c in plan.candidates)
+
+
+def test_traced_validation_confirms_the_winner_for_a_small_model() -> None:
+    plan = _plan(make_hw(ram_gb=16), model="overseer-tiny", validate=True)
+    assert plan.feasible and plan.validation and plan.validation.startswith("traced dry run")
