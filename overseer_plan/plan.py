@@ -130,9 +130,20 @@ def choose_mode(hw: Hardware, workload: Workload, rulebook: Rulebook) -> tuple[s
 
 
 # ---------------------------------------------------------------- budgets
+# An address-space limit (RLIMIT_AS, `ulimit -v`) counts virtual memory, and a training process
+# maps more than it touches: importing torch 2.13 + transformers 5 adds 0.60 GiB of virtual size
+# against 0.22 GiB resident, and malloc arenas add ~0.07 GiB more during a step (measured on this
+# project's 2-core CPU box, see BENCHMARKS.md). The estimator predicts resident memory, so under
+# RLIMIT_AS that gap is taken off the budget first.
+ADDRESS_SPACE_SLACK_BYTES = 512 * 1024**2
+
+
 def budgets(hw: Hardware, cfg: TrainingConfig, device: Device) -> tuple[int, int]:
     """(device budget, host budget) in bytes: the mode's threshold share minus what others hold."""
-    host = int(hw.ram.effective_bytes * cfg.max_ram_percent / 100) - hw.ram.used_by_others_bytes
+    usable = hw.ram.effective_bytes
+    if hw.ram.limit_source == "RLIMIT_AS" and hw.ram.limit_bytes == usable:
+        usable -= ADDRESS_SPACE_SLACK_BYTES
+    host = int(usable * cfg.max_ram_percent / 100) - hw.ram.used_by_others_bytes
     if device == "cpu":
         return max(host, 0), max(host, 0)
     gpu = min(hw.gpus or [], key=lambda g: g.memory_total_bytes)
