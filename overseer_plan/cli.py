@@ -31,6 +31,7 @@ _VERBS = [
     ("probe", "probe_command", "probe"),
     ("doctor", "doctor_app", "doctor"),
     ("train", "train_command", "train"),
+    ("estimate", "estimate_command", "estimate"),
     ("plan", "plan_command", "plan"),
 ]
 

@@ -10,12 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
+from _loopback import targz as _targz
 
 from overseer_plan.errors import UserInputError
 from trainer._http import describe_network_error
@@ -39,14 +39,6 @@ def _finished_files(cache: Path, name: str) -> list[Path]:
     return [p for p in cache.rglob(name) if p.is_file()]
 
 
-def _targz(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 # --- good files and archives ------------------------------------------------------------

@@ -1,0 +1,356 @@
+"""Closed-form memory of one training step of an HF causal LM (live tensor bytes).
+
+Per-layer activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation in
+Large Transformer Models", arXiv 2205.05198, Sec. 4.1: sbh(34 + 5as/h) for a GeLU block in
+16-bit), re-derived tensor by tensor for what HF's modelling code actually saves for
+backward: RMSNorm vs LayerNorm, SwiGLU (3 matrices of width I) vs GeLU MLP, GQA k/v widths,
+fused (GPT-2, NeoX) vs separate projections, rotary copies, dropout masks (1 byte per
+element), the s x s probabilities of eager/math attention (fused SDPA keeps only a
+logsumexp), fp32 norms under autocast and the autocast cache of 16-bit weight copies.
+The loss term is HF's ForCausalLMLoss: fp32 logits through log_softmax, whose output is saved;
+at the start of backward two more fp32 logits-sized buffers exist (the reference measured
+"Temp = exactly 2 x fp32 logits", /work/shared/reference/estimators.md Sec. 9). Checked
+against traced runs in tests/overseer_plan/test_estimate.py.
+
+Only arithmetic happens per call; the parameter census (a model built on the meta device)
+is cached per config, so a call takes microseconds after the first per model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from overseer_plan.estimate import EstimateConfig
+
+_SHAPES: dict[str, ModelShape] = {}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the formulas need from a model: architecture numbers and an exact parameter census."""
+
+    family: str  # 'llama' (RMSNorm, rotary, separate q/k/v), 'gpt2' (fused c_attn), 'neox' (fused qkv, partial rotary)
+    num_layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    gated_mlp: bool
+    rms_norm: bool
+    gelu_ops: int  # tensors the MLP activation saves: 1 fused kernel, 4 for GPT-2's composed gelu_new
+    attn_dropout: float
+    resid_dropout: float
+    embd_dropout: float
+    parallel_residual: bool
+    max_positions: int | None
+    num_params: int
+    embedding_params: int
+    per_layer_params: int
+    largest_param: int
+    linear_params: int  # weights of nn.Linear/Conv1D layers (autocast caches 16-bit copies of these)
+    param_numels: tuple[int, ...] = field(repr=False)
+    param_shapes: tuple[tuple[int, ...], ...] = field(default=(), repr=False)
+    # LoRA-able linear layers: name -> (count over the model, in_features, out_features)
+    linears: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False)
+
+
+def model_shape(config: PretrainedConfig, fingerprint: str) -> ModelShape:
+    """The cached `ModelShape` of a config (built on the meta device on first use)."""
+    shape = _SHAPES.get(fingerprint)
+    if shape is None:
+        shape = _census(config)
+        _SHAPES[fingerprint] = shape
+    return shape
+
+
+def _census(config: PretrainedConfig) -> ModelShape:
+    """Instantiate the real HF class on the meta device and count what it holds.
+
+    `parameters()` de-duplicates shared tensors, so tied embeddings count once and an untied
+    lm_head is included (accelerate's estimator builds `AutoModel` and misses it).
+    """
+    import torch
+    import transformers
+
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    numels = tuple(int(p.numel()) for p in model.parameters())
+    emb = model.get_input_embeddings()
+    linears: dict[str, list[int]] = {}
+    linear_params = 0
+    for name, mod in model.named_modules():
+        weight = getattr(mod, "weight", None)
+        if weight is None or weight.dim() != 2 or mod is emb:
+            continue
+        if isinstance(mod, torch.nn.Linear):
+            fin, fout = mod.in_features, mod.out_features
+        elif type(mod).__name__ == "Conv1D":  # GPT-2 stores (in, out)
+            fin, fout = weight.shape
+        else:
+            continue
+        linear_params += weight.numel()
+        key = name.rsplit(".", 1)[-1]
+        entry = linears.setdefault(key, [0, int(fin), int(fout)])
+        entry[0] += 1
+    layers = int(config.num_hidden_layers)
+    blocks = _find_blocks(model)
+    per_layer = sum(int(p.numel()) for p in blocks[0].parameters()) if blocks else 0
+    c = config
+    mt = c.model_type
+    family = "gpt2" if mt == "gpt2" else "neox" if mt == "gpt_neox" else "llama"
+    hidden = int(c.hidden_size)
+    heads = int(c.num_attention_heads)
+    head_dim = int(getattr(c, "head_dim", None) or hidden // heads)
+    inter = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hidden
+    act = str(getattr(c, "hidden_act", None) or getattr(c, "activation_function", "gelu"))
+    gated = any(n in linears for n in ("gate_proj", "w1", "gate_up_proj"))
+    return ModelShape(
+        family=family,
+        num_layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=int(getattr(c, "num_key_value_heads", None) or heads),
+        head_dim=head_dim,
+        intermediate=int(inter),
+        vocab=int(c.vocab_size),
+        gated_mlp=gated,
+        rms_norm=family == "llama",
+        gelu_ops=4 if act == "gelu_new" and family == "gpt2" else 1,
+        attn_dropout=float(getattr(c, "attn_pdrop", None) or getattr(c, "attention_dropout", 0.0) or 0.0),
+        resid_dropout=float(getattr(c, "resid_pdrop", None) or getattr(c, "hidden_dropout", 0.0) or 0.0),
+        embd_dropout=float(getattr(c, "embd_pdrop", 0.0) or 0.0),
+        parallel_residual=bool(getattr(c, "use_parallel_residual", False)),
+        max_positions=_max_positions(c),
+        num_params=sum(numels),
+        embedding_params=int(emb.weight.numel()),
+        per_layer_params=per_layer,
+        largest_param=max(numels),
+        linear_params=linear_params,
+        param_numels=numels,
+        param_shapes=tuple(tuple(int(d) for d in p.shape) for p in model.parameters()),
+        linears={k: (v[0], v[1], v[2]) for k, v in linears.items()},
+    )
+
+
+def _find_blocks(model: Any) -> list:
+    import torch
+
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) > 0:
+            return list(mod)
+    return []
+
+
+def _max_positions(config: Any) -> int | None:
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        val = getattr(config, attr, None)
+        if isinstance(val, int) and val > 0:
+            return val
+    return None
+
+
+@dataclass
+class StepMemory:
+    """Live tensor bytes of one step, by category, at the peak."""
+
+    parameters: int
+    gradients: int
+    optimizer_states: int
+    activations: int
+    temporaries: int
+    peak_phase: str
+    trainable_params: int
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer_states + self.activations + self.temporaries
+
+
+def lora_params(shape: ModelShape, rank: int, targets: list[str] | None) -> int:
+    """Adapter parameters: r x (in + out) per adapted linear (Hu et al. 2021, arXiv 2106.09685)."""
+    names = targets or default_lora_targets(shape)
+    return sum(n * rank * (fin + fout) for key, (n, fin, fout) in shape.linears.items() if key in names)
+
+
+def default_lora_targets(shape: ModelShape) -> list[str]:
+    """peft's per-family default targets (query/value projections)."""
+    for pair in (["q_proj", "v_proj"], ["query_key_value"], ["c_attn"]):
+        if set(pair) <= set(shape.linears):
+            return pair
+    return sorted(k for k in shape.linears if k != "lm_head")
+
+
+def _uses_math_attention(shape: ModelShape, cfg: EstimateConfig, device: str) -> bool:
+    """Whether attention materialises s x s probabilities.
+
+    eager always does; SDPA on CPU falls back to the math kernel when dropout is on (measured:
+    torch 2.13 `_fused_sdp_choice` returns MATH for dropout_p > 0, FLASH otherwise); on CUDA
+    flash / memory-efficient kernels handle dropout.
+    """
+    if cfg.attention == "eager":
+        return True
+    return device == "cpu" and shape.attn_dropout > 0
+
+
+def layer_activation_bytes(shape: ModelShape, cfg: EstimateConfig, device: str) -> float:
+    """Bytes one decoder block saves for backward (no checkpointing), for the whole micro-batch."""
+    T = cfg.batch_size * cfg.seq_len
+    b, s, h = cfg.batch_size, cfg.seq_len, shape.hidden
+    nq, nkv, inner = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
+    mixed = cfg.precision in ("fp16", "bf16")
+    e = 2 if cfg.precision != "fp32" else 4  # matmul outputs / attention
+    res = 2 if cfg.precision == "bf16-pure" else 4  # residual stream (fp32 under autocast)
+
+    # Norms, per token x hidden: input + normalised value + output saved by the next linear
+    # (16-bit cast copy under autocast). HF RMSNorm computes in fp32 (upcast copies in bf16).
+    if shape.rms_norm:
+        norm = {4: 12, 2: 8}[res] if not mixed else 10
+    else:
+        norm = res + (2 if mixed else res)
+    norms = 2 * norm * T * h
+
+    # Attention inputs saved by the kernel.
+    if shape.family == "gpt2":
+        qkv = T * (nq + 2 * nkv) * e  # views of the fused c_attn output
+    elif shape.family == "neox":
+        qkv = T * (nq + 2 * nkv) * e + T * (nq + nkv) * e  # fused output (v is a view) + rotary q, k
+    else:
+        qkv = T * (nq + 2 * nkv) * e  # rotary q, k copies and v
+    out = 2 * T * nq * e  # attention output + the contiguous copy o_proj saves
+    if _uses_math_attention(shape, cfg, device):
+        probs = b * shape.heads * s * s
+        drop = shape.attn_dropout > 0
+        # fp32 softmax output (+ 16-bit cast), dropout mask and output (Korthikanti's 5as/h term).
+        attn = probs * (4 + (e if e != 4 else 0) + ((1 + e) if drop else 0))
+        if cfg.attention == "sdpa":
+            attn += T * (nq + nkv) * e  # math SDPA scales q and k into new tensors
+        if shape.kv_heads != shape.heads:
+            attn += 2 * T * nq * e  # repeat_kv copies
+    else:
+        attn = b * shape.heads * s * 4  # logsumexp
+    # MLP: SwiGLU saves gate, act(gate), up, product; GeLU saves fc output (+ gelu_new's
+    # composed intermediates) and its output.
+    mlp = 4 * T * inner * e if shape.gated_mlp else (1 + shape.gelu_ops) * T * inner * e
+    # Residual dropout masks (attention and MLP outputs), 1 byte per element.
+    dropm = 2 * T * h if shape.resid_dropout > 0 else 0
+    return norms + qkv + out + attn + mlp + dropm
+
+
+def step_memory(shape: ModelShape, cfg: EstimateConfig, device: str) -> StepMemory:
+    """Peak live tensor bytes of a steady-state step, and which phase it falls in."""
+    T = cfg.batch_size * cfg.seq_len
+    h, V = shape.hidden, shape.vocab
+    pbytes = 2 if cfg.precision == "bf16-pure" else 4
+    mixed = cfg.precision in ("fp16", "bf16")
+    e = 2 if cfg.precision != "fp32" else 4
+
+    if cfg.lora is not None:
+        n_lora = lora_params(shape, cfg.lora.rank, cfg.lora.targets)
+        trainable, shapes = n_lora, ()
+        largest = max((cfg.lora.rank * max(fin, fout) for _, fin, fout in shape.linears.values()), default=0)
+        params = shape.num_params * pbytes + n_lora * pbytes
+    else:
+        trainable, shapes, largest = shape.num_params, shape.param_shapes, shape.largest_param
+        params = shape.num_params * pbytes
+    grads = trainable * pbytes
+    states, opt_temp = _optimizer_bytes(cfg.optimizer, trainable, shapes, largest, pbytes, device)
+
+    # Saved activations.
+    per_layer = layer_activation_bytes(shape, cfg, device)
+    L = shape.num_layers
+    res = 2 if cfg.precision == "bf16-pure" else 4
+    embed = T * h * res * (2 if shape.embd_dropout > 0 else 1)  # embedding output (+ dropout copy)
+    final_norm = T * h * (res + (2 if mixed else res))
+    logsm = T * V * 4  # fp32 log_softmax output saved by the loss
+    # Autocast's 16-bit weight copies: cached for trainable weights until autocast exits; for a
+    # frozen (LoRA) base each copy is saved by its matmul instead, which checkpointing drops.
+    cast_cache = 2 * shape.linear_params if mixed and (cfg.lora is None or not cfg.gradient_checkpointing) else 0
+    if cfg.lora is not None and not mixed:
+        # Frozen linears save only their input; LoRA adds r-wide intermediates (small).
+        lora_act = 2 * T * cfg.lora.rank * e * len(cfg.lora.targets or default_lora_targets(shape)) * L
+    else:
+        lora_act = 0
+    if cfg.gradient_checkpointing:
+        layers_saved = L * T * h * res  # each block keeps only its input
+        recompute = per_layer  # one block's activations re-created in backward
+    else:
+        layers_saved, recompute = L * per_layer, 0
+    acts = layers_saved + embed + final_norm + logsm + cast_cache + lora_act
+
+    grads_alive = grads if cfg.grad_accum > 1 else 0
+    fp32_logits = T * V * 4
+    # (1) forward end: 16-bit logits + their fp32 copy + saved log_softmax output.
+    fwd_tmp = T * V * e + (fp32_logits if e != 4 else 0)
+    # (2) backward start: two fp32 logits-sized gradient buffers (nll_loss / log_softmax backward)
+    #     plus the lm_head weight gradient being written.
+    head_grad = 0 if (cfg.grad_accum > 1 or cfg.lora is not None) else shape.embedding_params * pbytes
+    bwd_tmp = 2 * fp32_logits + head_grad
+    # (3) later in backward with checkpointing: one recomputed block + its input gradient, with most
+    #     gradients already written.
+    gc_tmp = recompute + 2 * T * h * res
+    candidates = {
+        "forward": params + states + grads_alive + acts - logsm + fwd_tmp + logsm,
+        "backward": params + states + grads_alive + acts + bwd_tmp,
+        "optimizer": params + states + grads + opt_temp,
+    }
+    if cfg.gradient_checkpointing:
+        candidates["backward"] = max(candidates["backward"], params + states + grads + layers_saved + gc_tmp)
+    phase = max(candidates, key=lambda k: candidates[k])
+    total = candidates[phase]
+    if phase == "optimizer":
+        act_part, tmp_part, grad_part = 0, opt_temp, grads
+    else:
+        grad_part = grads_alive if not (phase == "backward" and cfg.gradient_checkpointing
+                                         and total > params + states + grads_alive + acts + bwd_tmp) else grads
+        act_part = min(acts, total - params - states - grad_part)
+        tmp_part = total - params - states - grad_part - act_part
+    return StepMemory(
+        parameters=int(params), gradients=int(grad_part), optimizer_states=int(states),
+        activations=int(act_part), temporaries=int(tmp_part), peak_phase=phase,
+        trainable_params=int(trainable),
+    )
+
+
+def _optimizer_bytes(
+    name: str, trainable: int, shapes: tuple[tuple[int, ...], ...], largest: int, pbytes: int, device: str
+) -> tuple[int, int]:
+    """(state bytes, peak temporary bytes during step()) for the optimizer.
+
+    AdamW: two moments per parameter in the parameter dtype (Loshchilov & Hutter, arXiv 1711.05101).
+    On CUDA torch defaults to foreach kernels: one parameter-sized temporary list (sqrt of the
+    second moment; the reference measured grads + states + one param-sized temporary). On CPU
+    the per-tensor loop holds two temporaries of one parameter (sqrt, then the division).
+    SGD with momentum: one buffer, updated in place. Adafactor (Shazeer & Stern 2018, arXiv
+    1804.04235): row + column second moments for matrices. AdamW8bit (Dettmers et al. 2021,
+    arXiv 2110.02861): two uint8 states + one fp32 absmax per 256-element block per state.
+    """
+    if name == "adamw":
+        temp = trainable * pbytes if device == "cuda" else 2 * largest * pbytes
+        return 2 * trainable * pbytes, temp
+    if name == "sgd":
+        return trainable * pbytes, 0
+    if name == "adafactor":
+        if shapes:
+            states = sum(_adafactor_state(sh) for sh in shapes) * pbytes
+        else:  # LoRA adapters: r x d matrices, factored into r + d
+            states = int(2 * math.sqrt(max(trainable, 1))) * pbytes
+        return states, 2 * largest * pbytes
+    if name == "adamw8bit":
+        return 2 * trainable + 2 * 4 * (-(-trainable // 256)), 0
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def _adafactor_state(shape: tuple[int, ...]) -> int:
+    """torch.optim.Adafactor state elements: row (.., r, 1) + column (.., 1, c) variances for
+    tensors of 2+ dims, a full variance for vectors."""
+    if len(shape) < 2:
+        return math.prod(shape)
+    lead = math.prod(shape[:-2])
+    return lead * (shape[-2] + shape[-1])

@@ -1,0 +1,132 @@
+"""The measurement protocol: the real peak of a few training steps on this machine's CPU.
+
+This is what "measured" means for the estimator (bench/estimator_accuracy.py) and what
+`overseer estimate --calibrate` fits its factors on. A fresh Python process:
+
+1. imports torch and transformers and records its resident set size (RSS);
+2. builds the model with ``AutoModelForCausalLM.from_config(config)`` (random weights);
+3. creates ``torch.optim.AdamW`` (or the optimizer named in the job);
+4. runs ``steps`` optimizer steps on random token batches of the given shape with
+   ``labels = input_ids``, ``grad_accum`` micro-batches per step, autocast bf16/fp16 for
+   mixed precision, ``model.gradient_checkpointing_enable()`` when asked;
+5. reports ``ru_maxrss`` minus the RSS recorded after the imports.
+
+Run as ``python -m overseer_plan._measure`` with a JSON job on stdin; it prints one JSON
+line. `measure()` does that in a subprocess so the caller's own memory never mixes in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss_bytes() -> int:
+    """Current RSS from /proc (Linux); falls back to ru_maxrss elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _maxrss_bytes() -> int:
+    import resource
+
+    # Linux reports ru_maxrss in KiB (macOS in bytes; this protocol is for Linux).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Run the protocol in *this* process (call it only in a fresh subprocess)."""
+    t0 = time.perf_counter()
+    import torch
+    import transformers
+
+    rss_after_import = _rss_bytes()
+    maxrss_after_import = _maxrss_bytes()
+    torch.manual_seed(int(job.get("seed", 0)))
+
+    cfg_dict = dict(job["config"])
+    model_type = cfg_dict.pop("model_type")
+    config = transformers.AutoConfig.for_model(model_type, **cfg_dict)
+    kwargs: dict[str, Any] = {}
+    if job.get("attention"):
+        kwargs["attn_implementation"] = job["attention"]
+    model = transformers.AutoModelForCausalLM.from_config(config, **kwargs)
+    if job.get("gradient_checkpointing"):
+        # transformers 5 checkpoints non-reentrantly by default (the trace pins the same).
+        model.gradient_checkpointing_enable()
+    model.train()
+
+    opt_name = job.get("optimizer", "adamw")
+    if opt_name == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    elif opt_name == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    else:
+        raise ValueError(f"the measurement protocol supports adamw and sgd, not {opt_name!r}")
+
+    precision = job.get("precision", "fp32")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    b, s, ga = int(job["batch_size"]), int(job["seq_len"]), int(job.get("grad_accum", 1))
+    vocab = int(config.vocab_size)
+    for _ in range(int(job.get("steps", 3))):
+        for _ in range(ga):
+            ids = torch.randint(0, vocab, (b, s))
+            if amp_dtype is not None:
+                with torch.autocast("cpu", dtype=amp_dtype):
+                    loss = model(input_ids=ids, labels=ids).loss
+            else:
+                loss = model(input_ids=ids, labels=ids).loss
+            (loss / ga).backward()
+            del loss, ids
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    return {
+        "peak_delta_bytes": _maxrss_bytes() - rss_after_import,
+        "rss_after_import_bytes": rss_after_import,
+        "maxrss_after_import_bytes": maxrss_after_import,
+        "final_rss_bytes": _rss_bytes(),
+        "num_params": n_params,
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "num_threads": torch.get_num_threads(),
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def measure(job: dict[str, Any], *, timeout_s: float = 1800.0) -> dict[str, Any]:
+    """Run the protocol for `job` in a fresh subprocess and return its JSON report.
+
+    `job` keys: config (HF config dict with model_type), batch_size, seq_len, grad_accum,
+    precision ('fp32'|'bf16'|'fp16'), gradient_checkpointing, optimizer ('adamw'|'sgd'),
+    attention (None = the transformers default), steps (3), seed.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-m", "overseer_plan._measure"],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise RuntimeError(f"measurement subprocess failed (exit {proc.returncode}): {tail[0]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_job(json.loads(sys.stdin.read()))))

@@ -1,0 +1,325 @@
+"""Predict the peak memory of one training step, before any real memory is touched.
+
+    from overseer_plan.estimate import estimate, EstimateConfig
+    est = estimate("llama-3.2-1b", EstimateConfig(batch_size=4, seq_len=1024, precision="bf16"),
+                   device="cuda", method="analytic")
+    est.peak_bytes, est.host_peak_bytes, est.breakdown, est.peak_phase
+
+Two methods give the live-tensor picture of a step:
+- "analytic" (`_analytic.py`): closed form from the HF config, microseconds per call;
+- "traced" (`trace.py`): the real HF class run on fake tensors, seconds per call.
+`calibration.py` then turns live tensor bytes into what the device shows: host RSS on
+CPU (allocator model + fitted factors), or the CUDA caching allocator's view plus context.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from overseer_plan.errors import UserInputError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+Precision = Literal["fp32", "fp16", "bf16", "bf16-pure"]
+Optimizer = Literal["adamw", "sgd", "adafactor", "adamw8bit"]
+Attention = Literal["eager", "sdpa"]
+Device = Literal["cpu", "cuda"]
+Method = Literal["analytic", "traced"]
+Phase = Literal["forward", "backward", "optimizer"]
+
+
+class LoraSettings(BaseModel):
+    """LoRA adapters on a frozen base (Hu et al. 2021, arXiv 2106.09685)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    rank: int = Field(8, ge=1)
+    """Adapter rank r."""
+    targets: list[str] | None = None
+    """Linear module names to adapt (e.g. ['q_proj', 'v_proj']); None = peft's default for the family."""
+
+
+class EstimateConfig(BaseModel):
+    """The training settings that decide a step's memory."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    batch_size: int = 1
+    """Micro-batch size (sequences per forward pass)."""
+    seq_len: int = 512
+    """Tokens per sequence."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; gradients stay alive across them."""
+    precision: Precision = "fp32"
+    """fp32; fp16/bf16 = autocast with fp32 master weights; bf16-pure = params and optimizer in bf16."""
+    gradient_checkpointing: bool = False
+    """Recompute each block in backward instead of saving its activations."""
+    optimizer: Optimizer = "adamw"
+    """adamw, sgd (with momentum), adafactor, or adamw8bit (bitsandbytes, modelled without it)."""
+    attention: Attention = "sdpa"
+    """Attention implementation: eager keeps seq x seq probabilities, sdpa does not."""
+    lora: LoraSettings | None = None
+    """LoRA adapters on a frozen base, or None for full fine-tuning."""
+    num_processes: int = 1
+    """Data-parallel processes (each holds a full replica; only 1 is modelled per process)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> EstimateConfig:
+        problems = []
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be at least 1 (got {self.batch_size}); pass --batch-size 1 or more")
+        if self.seq_len < 1:
+            problems.append(f"seq_len must be at least 1 (got {self.seq_len}); pass --seq-len 1 or more")
+        if self.grad_accum < 1:
+            problems.append(f"grad_accum must be at least 1 (got {self.grad_accum}); pass --grad-accum 1 or more")
+        if self.num_processes < 1:
+            problems.append(f"num_processes must be at least 1 (got {self.num_processes})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @classmethod
+    def build(cls, **kwargs: Any) -> EstimateConfig:
+        """Validate keyword settings, raising one-line `UserInputError`s instead of pydantic's."""
+        from pydantic import ValidationError
+
+        try:
+            return cls(**kwargs)
+        except ValidationError as e:
+            msgs = []
+            for err in e.errors():
+                loc = ".".join(str(x) for x in err["loc"])
+                msg = str(err["msg"]).removeprefix("Value error, ")
+                msgs.append(f"{loc}: {msg}" if loc else msg)
+            raise UserInputError("; ".join(msgs)) from None
+
+    @classmethod
+    def from_training_config(
+        cls,
+        *,
+        batch_size: int,
+        max_sequence_length: int,
+        gradient_accumulation_steps: int = 1,
+        mixed_precision: bool = False,
+        gradient_checkpointing: bool = False,
+        optimizer: str = "adamw",
+        use_gpu: bool = False,
+        **_ignored: Any,
+    ) -> EstimateConfig:
+        """Adapter from the trainer's TrainingConfig fields (pass `**training_config.model_dump()`).
+
+        mixed_precision=True maps to bf16 autocast (fp32 master weights); `use_gpu` picks the
+        device and is not part of this config (pass device='cuda' to `estimate`).
+        """
+        return cls.build(
+            batch_size=batch_size,
+            seq_len=max_sequence_length,
+            grad_accum=gradient_accumulation_steps,
+            precision="bf16" if mixed_precision else "fp32",
+            gradient_checkpointing=gradient_checkpointing,
+            optimizer=str(optimizer).lower().replace("_", "").replace("-", ""),
+        )
+
+
+class ModelInfo(BaseModel):
+    """Parameter census of the estimated model."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: str
+    """What the model was resolved from (catalogue name, path, Hub id or 'config')."""
+    model_type: str
+    """HF model_type."""
+    num_params: int
+    """All parameters, shared (tied) tensors counted once, lm_head included."""
+    trainable_params: int
+    """Parameters that get gradients and optimizer state (LoRA adapters only, with LoRA)."""
+    num_layers: int
+    """Decoder blocks."""
+    max_positions: int | None
+    """Longest sequence the config allows, when it says."""
+
+
+class Breakdown(BaseModel):
+    """Bytes at the peak, by what holds them."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    parameters: int
+    """Weights (fp32 master weights under autocast; bf16 for bf16-pure; frozen base included)."""
+    gradients: int
+    """Gradients alive at the peak (all of them across accumulation micro-steps)."""
+    optimizer_states: int
+    """Optimizer moments / buffers."""
+    activations: int
+    """Tensors saved for backward."""
+    temporaries: int
+    """Transient buffers at the peak: fp32 logits and loss buffers, optimizer-step temporaries."""
+    overhead: int
+    """Framework and allocator: RSS beyond live tensors on CPU; context, workspace, slack on CUDA."""
+
+
+class MemoryEstimate(BaseModel):
+    """Predicted peak memory of one training step."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    peak_bytes: int
+    """Peak on the training device: VRAM on cuda; on cpu, growth of the process's peak RSS over its
+    RSS after importing torch and transformers (the benchmark protocol, overseer_plan/_measure.py)."""
+    host_peak_bytes: int
+    """Peak host RAM of the whole training process (RSS, imports included)."""
+    breakdown: Breakdown
+    """peak_bytes split by category (sums to peak_bytes)."""
+    peak_phase: Phase
+    """Where the peak falls: forward, backward or optimizer step."""
+    method: Method
+    """analytic (closed form) or traced (fake-tensor dry run)."""
+    device: Device
+    """Device that trains."""
+    live_tensor_bytes: int
+    """Live tensor storage at the peak, before allocator/framework overhead."""
+    model_info: ModelInfo
+    config: EstimateConfig
+    """The settings estimated."""
+    notes: list[str] = Field(default_factory=list)
+    """Assumptions and where calibration came from."""
+    elapsed_s: float = 0.0
+    """Seconds this estimate took."""
+
+    @property
+    def total_bytes(self) -> int:
+        """Alias of peak_bytes."""
+        return self.peak_bytes
+
+
+_RESOLVED: dict[str, Any] = {}
+
+
+def _resolve(model: Any) -> tuple[PretrainedConfig, str, str]:
+    """(config, display name, fingerprint), cached for names/paths so planners can call us in loops."""
+    from overseer_plan.models import config_fingerprint, resolve_model_config
+
+    if isinstance(model, (str,)) or hasattr(model, "__fspath__"):
+        key = str(model)
+        try:
+            import os
+
+            key += f"@{os.stat(key).st_mtime_ns}"
+        except OSError:
+            pass
+        hit = _RESOLVED.get(key)
+        if hit is None:
+            config = resolve_model_config(model)
+            hit = (config, str(model), config_fingerprint(config))
+            _RESOLVED[key] = hit
+        return hit
+    config = resolve_model_config(model)
+    memo = _RESOLVED.get(f"id:{id(config)}")
+    if memo is not None and memo[0] is config:
+        return memo
+    hit = (config, getattr(config, "name_or_path", "") or "config", config_fingerprint(config))
+    _RESOLVED[f"id:{id(config)}"] = hit
+    return hit
+
+
+def estimate(
+    model: Any,
+    config: EstimateConfig | None = None,
+    device: Device = "cpu",
+    method: Method = "analytic",
+) -> MemoryEstimate:
+    """Predict the peak memory of one training step of `model` under `config`.
+
+    Args:
+        model: catalogue name, local directory or config.json path, Hugging Face Hub id
+            (config only, local cache first), or a `transformers.PretrainedConfig`.
+        config: training settings; defaults to `EstimateConfig()`.
+        device: "cpu" (peak_bytes = host RSS growth) or "cuda" (peak_bytes = VRAM).
+        method: "analytic" (closed form, microseconds) or "traced" (fake-tensor dry run, seconds).
+
+    Raises:
+        UserInputError: unknown/malformed model, non-causal-LM model type, or settings the
+            model cannot take (e.g. a sequence longer than its max positions).
+    """
+    import time
+
+    from overseer_plan import _analytic
+    from overseer_plan.calibration import cpu_rss_from_sim, cuda_from_live, load_calibration
+
+    t0 = time.perf_counter()
+    cfg = config if config is not None else EstimateConfig()
+    if device not in ("cpu", "cuda"):
+        raise UserInputError(f"device must be 'cpu' or 'cuda' (got {device!r})")
+    if method not in ("analytic", "traced"):
+        raise UserInputError(f"method must be 'analytic' or 'traced' (got {method!r})")
+    hf_config, name, fingerprint = _resolve(model)
+    shape = _analytic.model_shape(hf_config, fingerprint)
+    if shape.max_positions is not None and cfg.seq_len > shape.max_positions:
+        raise UserInputError(
+            f"seq_len {cfg.seq_len} is longer than {name}'s max positions ({shape.max_positions}); "
+            f"pass --seq-len {shape.max_positions} or less"
+        )
+    if cfg.lora is not None and cfg.lora.targets:
+        unknown = sorted(set(cfg.lora.targets) - set(shape.linears))
+        if unknown:
+            raise UserInputError(
+                f"lora targets {unknown} are not linear layers of {name}; choose from {sorted(shape.linears)}"
+            )
+    cal, notes = load_calibration()
+    notes = list(notes)
+
+    if method == "analytic":
+        mem = _analytic.step_memory(shape, cfg, device)
+        live = mem.total
+        parts = {
+            "parameters": mem.parameters, "gradients": mem.gradients, "optimizer_states": mem.optimizer_states,
+            "activations": mem.activations, "temporaries": mem.temporaries,
+        }
+        phase, trainable = mem.peak_phase, mem.trainable_params
+        sim_peak = float(live)
+    else:
+        from overseer_plan.calibration import simulate_glibc
+        from overseer_plan.trace import trace_peak
+
+        tr = trace_peak(hf_config, cfg, device=device)
+        live, parts, phase = tr.live_peak_bytes, tr.breakdown, tr.peak_phase
+        trainable = (
+            _analytic.lora_params(shape, cfg.lora.rank, cfg.lora.targets) if cfg.lora else shape.num_params
+        )
+        sim_peak = tr.extrapolate([simulate_glibc(r.events) for r in tr.runs]) if device == "cpu" else live
+        if len(tr.runs) > 1:
+            notes.append(
+                f"traced at {tr.runs[0].num_layers} and {tr.runs[1].num_layers} layers, extrapolated to {tr.num_layers}"
+            )
+        notes.append(f"trace took {tr.wall_s:.1f} s")
+
+    if device == "cpu":
+        peak = cpu_rss_from_sim(sim_peak, cal)
+        host = peak + cal.import_rss_bytes
+        notes.append("cpu: peak_bytes is RSS growth over the post-import baseline; host_peak adds the baseline")
+    else:
+        peak = cuda_from_live(live, cal)
+        host = cal.import_rss_bytes + cal.cuda.host_bytes + shape.num_params * (2 if cfg.precision == "bf16-pure" else 4)
+        notes.append("cuda: context/workspace/slack are " + ("measured" if cal.cuda.measured else "literature defaults, unmeasured here"))
+        notes.append("cuda: host peak assumes the model is built on the host in its training dtype, then moved")
+    breakdown = Breakdown(**{k: int(v) for k, v in parts.items()}, overhead=int(peak - sum(parts.values())))
+    return MemoryEstimate(
+        peak_bytes=int(peak),
+        host_peak_bytes=int(host),
+        breakdown=breakdown,
+        peak_phase=phase,  # type: ignore[arg-type]
+        method=method,
+        device=device,
+        live_tensor_bytes=int(live),
+        model_info=ModelInfo(
+            name=name, model_type=str(hf_config.model_type), num_params=shape.num_params,
+            trainable_params=int(trainable), num_layers=shape.num_layers, max_positions=shape.max_positions,
+        ),
+        config=cfg,
+        notes=notes,
+        elapsed_s=time.perf_counter() - t0,
+    )

@@ -1,0 +1,183 @@
+"""Model resolution: turn what the user typed into a transformers `PretrainedConfig`.
+
+Accepted, in this order: an already-built `PretrainedConfig`; a local directory holding
+`config.json` or a path to a config JSON file; a name from the shipped catalogue
+(`overseer_plan/catalog/*.json`, also matched by the Hub id in each entry's `source`);
+a Hugging Face Hub id, read from the local HF cache first and from the Hub only when
+online. Only configs are read: no weights are downloaded or allocated, ever.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+from overseer_plan.errors import UserInputError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+_CATALOG_DIR = Path(__file__).with_name("catalog")
+
+
+class CatalogueEntry(BaseModel):
+    """One shipped model config."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: str
+    """Catalogue name, e.g. 'gpt2' or 'llama-3.2-1b'."""
+    description: str
+    """One line on the architecture."""
+    source: str
+    """Where the config numbers come from (URL)."""
+    config: dict[str, Any]
+    """The HF config dict (with model_type)."""
+
+    def hub_id(self) -> str | None:
+        """The 'owner/name' Hub id named by `source`, when it is a huggingface.co URL."""
+        prefix = "https://huggingface.co/"
+        if not self.source.startswith(prefix):
+            return None
+        parts = self.source[len(prefix):].split("/")
+        return "/".join(parts[:2]) if len(parts) >= 2 else None
+
+
+@lru_cache(maxsize=1)
+def _catalogue() -> dict[str, CatalogueEntry]:
+    entries = {}
+    for path in sorted(_CATALOG_DIR.glob("*.json")):
+        entry = CatalogueEntry.model_validate_json(path.read_text(encoding="utf-8"))
+        entries[entry.name.lower()] = entry
+    return entries
+
+
+def list_catalogue() -> list[CatalogueEntry]:
+    """All shipped model configs, sorted by name."""
+    return sorted(_catalogue().values(), key=lambda e: e.name)
+
+
+def _causal_lm_types() -> set[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def _from_dict(data: Any, *, origin: str) -> PretrainedConfig:
+    """Build a config from a dict, turning every failure into one UserInputError line."""
+    from transformers import AutoConfig
+
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise UserInputError(f"{origin}: not a Hugging Face config (no 'model_type' key); pass a model's config.json")
+    data = dict(data)
+    model_type = data.pop("model_type")
+    try:
+        config = AutoConfig.for_model(model_type, **data)
+    except (ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserInputError(f"{origin}: cannot build a config for model_type {model_type!r} ({first})") from None
+    return config
+
+
+# Encoder families that transformers also registers under AutoModelForCausalLM, but only as the
+# decoder half of an encoder-decoder (their causal classes demand `is_decoder=True`).
+_ENCODER_TYPES = frozenset({
+    "bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "electra", "ernie", "data2vec-text",
+    "bert-generation", "roformer", "megatron-bert", "rembert", "big_bird", "xmod", "qdqbert",
+})
+
+
+def _check_causal_lm(config: PretrainedConfig, origin: str) -> PretrainedConfig:
+    model_type = getattr(config, "model_type", None)
+    archs = getattr(config, "architectures", None) or []
+    causal_arch = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    encoder_only = model_type in _ENCODER_TYPES and not getattr(config, "is_decoder", False)
+    if model_type not in _causal_lm_types() or encoder_only or (archs and not causal_arch):
+        raise UserInputError(
+            f"{origin}: model_type {model_type!r} is not a causal language model "
+            "(no AutoModelForCausalLM class); pick a decoder LM such as gpt2, llama, qwen2 or gpt_neox"
+        )
+    return config
+
+
+def _read_json_file(path: Path) -> PretrainedConfig:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserInputError(f"{path}: cannot read the file ({e.__class__.__name__}); check the path") from None
+    except json.JSONDecodeError as e:
+        raise UserInputError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}; fix or re-download config.json") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict) and "model_type" not in data:
+        data = data["config"]  # a catalogue-format file
+    return _from_dict(data, origin=str(path))
+
+
+def _from_hub(name: str) -> PretrainedConfig:
+    """Hub id: local HF cache first (works offline), then the Hub when online."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError, KeyError):
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    known = ", ".join(e.name for e in list_catalogue())
+    if "/" in name and not offline:
+        try:
+            return AutoConfig.from_pretrained(name)
+        except (OSError, ValueError, KeyError):
+            pass
+    raise UserInputError(
+        f"unknown model {name!r}: not a local path, not in the catalogue ({known}), and its config is not in "
+        "the local Hugging Face cache (offline or not on the Hub); pass a config.json path or a catalogue name"
+    )
+
+
+def resolve_model_config(name_or_path: Any) -> PretrainedConfig:
+    """Resolve a model reference to a causal-LM `PretrainedConfig` (config only, no weights).
+
+    Args:
+        name_or_path: a `PretrainedConfig`, a directory with config.json, a config JSON path,
+            a catalogue name (see `list_catalogue()`), or a Hugging Face Hub id.
+
+    Raises:
+        UserInputError: unknown name, unreadable or malformed config, or a model type that is
+            not a causal LM.
+    """
+    from transformers import PretrainedConfig
+
+    if isinstance(name_or_path, PretrainedConfig):
+        return _check_causal_lm(name_or_path, "config")
+    if isinstance(name_or_path, dict):
+        return _check_causal_lm(_from_dict(name_or_path, origin="config dict"), "config dict")
+    text = str(name_or_path).strip()
+    if not text:
+        raise UserInputError("model: empty name; pass a catalogue name, a config.json path or a Hub id")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserInputError(f"{path}: directory has no config.json; point --model at a model directory or a config file")
+        return _check_causal_lm(_read_json_file(path / "config.json"), str(path / "config.json"))
+    if path.is_file():
+        return _check_causal_lm(_read_json_file(path), str(path))
+    if text.endswith(".json"):
+        raise UserInputError(f"{text}: no such file; check the path to config.json")
+    entry = _catalogue().get(text.lower()) or next(
+        (e for e in _catalogue().values() if (e.hub_id() or "").lower() == text.lower()), None
+    )
+    if entry is not None:
+        return _check_causal_lm(_from_dict(entry.config, origin=f"catalogue entry {entry.name!r}"), entry.name)
+    return _check_causal_lm(_from_hub(text), text)
+
+
+def config_fingerprint(config: PretrainedConfig) -> str:
+    """A stable key for caching per-config results (model_type + the full config dict)."""
+    data = config.to_dict()
+    for volatile in ("transformers_version", "_name_or_path", "_attn_implementation_autoset", "dtype", "torch_dtype"):
+        data.pop(volatile, None)
+    return json.dumps(data, sort_keys=True, default=str)

@@ -1,0 +1,400 @@
+"""Traced dry run: run the real HF training step on fake tensors and log every allocation.
+
+The real `AutoModelForCausalLM` class is built from the config inside
+`FakeTensorMode` (no storage is ever allocated), and two optimizer steps of the
+measurement protocol (`overseer_plan/_measure.py`) run under a TorchDispatchMode that
+records each new tensor storage and its release, in program order, with phase marks.
+From that log we get the live-tensor peak, its phase and a breakdown by category; the
+ordered sizes also feed the host-allocator model in `calibration.py` (what RSS shows).
+
+Why a small dispatch logger rather than `torch.distributed._tools.mem_tracker.MemTracker`:
+MemTracker reports category totals but not the allocation order and sizes the allocator
+model needs, and it hooks every parameter (frozen LoRA bases crash it). The logger uses
+the same storage-weakref technique; `tests/overseer_plan/test_trace.py` checks that both
+report the same peak. Traps handled (see /work/shared/reference/estimators.md, Sec. 4):
+- `model.to()` under fake mode fails: the model is built directly in the target dtype.
+- Fake CUDA cannot run backward on a CPU-only host: we always trace on fake CPU and let
+  the caller add the CUDA-side terms (512-byte rounding, context, cuBLAS workspace).
+- Fake tensors make SDPA pick the math kernel (it materialises seq x seq probabilities);
+  `aten._fused_sdp_choice` is answered from stride-0 real tensors of the same shape so
+  the trace takes the kernel a real run would take.
+- Large models: fake ops cost time per op, not per byte, so only the layer count matters;
+  above `_FULL_TRACE_MAX_LAYERS` we trace two reduced depths and callers extrapolate each
+  quantity linearly in L (`TraceResult.extrapolate`).
+"""
+
+from __future__ import annotations
+
+import copy
+import resource
+import time
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from overseer_plan.estimate import EstimateConfig
+
+_FULL_TRACE_MAX_LAYERS = 6
+_REDUCED_LAYERS = (2, 4)
+_CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations", "temporaries")
+
+
+class _AllocLog:
+    """TorchDispatchMode recording new storages and their release (via weakref callbacks)."""
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        log = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                return log._dispatch(func, args, kwargs or {})
+
+        self.mode = _Mode()
+        self.events: list[tuple[int, int, str]] = []
+        self.phase = "setup"
+        self._live: dict[int, int] = {}  # id(storage object) -> key
+        self._refs: dict[int, Any] = {}
+        self._next = 1
+
+    def mark(self, phase: str) -> None:
+        self.phase = phase
+        self.events.append((0, 0, phase))
+
+    def storage_key(self, t: Any) -> int | None:
+        """The log key of a tensor's storage (None when it was never logged)."""
+        return self._live.get(id(t.untyped_storage()))
+
+    def _track(self, t: Any) -> None:
+        st = t.untyped_storage()
+        sid = id(st)
+        if sid in self._live:
+            return
+        key, nbytes = self._next, int(st.nbytes())
+        self._next += 1
+        self._live[sid] = key
+        self.events.append((key, nbytes, self.phase))
+
+        def _freed(_ref: Any, sid: int = sid, key: int = key, nbytes: int = nbytes) -> None:
+            if self._live.get(sid) == key:
+                del self._live[sid]
+            self._refs.pop(key, None)
+            self.events.append((key, -nbytes, self.phase))
+
+        self._refs[key] = weakref.ref(st, _freed)
+
+    def _dispatch(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        import torch
+        from torch.utils._pytree import tree_flatten
+
+        if func is torch.ops.aten._fused_sdp_choice.default:
+            return _real_sdp_choice(func, args, kwargs)
+        if func is torch.ops.aten._local_scalar_dense.default:
+            # `.item()` on a fake tensor has no value (e.g. Adafactor's parameter norm). Memory
+            # does not depend on it; answer 1 so the step goes on.
+            return True if args[0].dtype == torch.bool else 1 if not args[0].is_floating_point() else 1.0
+        scratch = _kernel_scratch_bytes(func, args)
+        if scratch:
+            # A buffer the real kernel allocates and frees inside the op (invisible to dispatch).
+            key, self._next = self._next, self._next + 1
+            self.events.append((key, scratch, self.phase))
+        out = func(*args, **kwargs)
+        if scratch:
+            self.events.append((key, -scratch, self.phase))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._track(t)
+        return out
+
+
+def _kernel_scratch_bytes(func: Any, args: tuple) -> int:
+    """Bytes a CPU kernel allocates internally for this op (not visible to a dispatch mode).
+
+    Measured on torch 2.13 CPU: dropout's `bernoulli_` draws its samples into a 4-byte-per-
+    element buffer (F.dropout on a 32 MiB fp32 tensor peaks at +65 MiB: 32 MiB output + 32 MiB
+    samples; `native_dropout` at +72.6 MiB with the 8 MiB bool mask).
+    """
+    import torch
+
+    if func in (torch.ops.aten.native_dropout.default, torch.ops.aten.bernoulli_.float):
+        x = args[0]
+        if isinstance(x, torch.Tensor) and (func is not torch.ops.aten.native_dropout.default or args[2]):
+            return int(x.numel()) * 4
+    return 0
+
+
+def _real_sdp_choice(func: Any, args: tuple, kwargs: dict) -> Any:
+    """Ask the real CPU kernel selector, on stride-0 stand-ins of the fake inputs (no memory)."""
+    import torch
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes():
+
+        def stand_in(x: Any) -> Any:
+            if not isinstance(x, torch.Tensor):
+                return x
+            base = torch.empty((1,) * (x.dim() - 1) + (x.shape[-1],), dtype=x.dtype, device="cpu")
+            return base.expand(x.shape)
+
+        return func(*[stand_in(a) for a in args], **{k: stand_in(v) for k, v in kwargs.items()})
+
+
+def _apply_lora(model: Any, rank: int, targets: list[str] | None) -> None:
+    """Freeze the base and add LoRA adapters: peft when importable, else a minimal equivalent."""
+    import torch
+
+    targets = targets or _default_lora_targets(model)
+    try:
+        import peft  # type: ignore[import-not-found]
+    except ImportError:
+        peft = None
+    if peft is not None:
+        cfg = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, lora_dropout=0.0)
+        peft.inject_adapter_in_model(cfg, model)
+        for name, p in model.named_parameters():
+            p.requires_grad_("lora_" in name)
+        return
+
+    class _LoRALinear(torch.nn.Module):
+        # y = W x + B(A x) * alpha/r with W frozen (Hu et al. 2021, arXiv 2106.09685).
+        def __init__(self, base: Any) -> None:
+            super().__init__()
+            self.base = base
+            self.lora_A = torch.nn.Linear(base.in_features, rank, bias=False)
+            self.lora_B = torch.nn.Linear(rank, base.out_features, bias=False)
+            torch.nn.init.zeros_(self.lora_B.weight)
+
+        def forward(self, x: Any) -> Any:
+            return self.base(x) + self.lora_B(self.lora_A(x)) * 2.0
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for mod in list(model.modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, torch.nn.Linear) and child_name in targets:
+                setattr(mod, child_name, _LoRALinear(child))
+
+
+def _default_lora_targets(model: Any) -> list[str]:
+    """peft's usual default: the attention query/value projections, by the names this family uses."""
+    import torch
+
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for pair in (["q_proj", "v_proj"], ["query_key_value"], ["c_attn"]):
+        if set(pair) <= names:
+            return pair
+    return sorted(names - {"lm_head"})
+
+
+def _make_optimizer(name: str, params: list, device: str) -> Any:
+    import torch
+
+    # On CUDA, AdamW/SGD default to the foreach path (one param-sized temporary list);
+    # on CPU they default to the per-tensor loop (temporaries of one parameter at a time).
+    foreach = device == "cuda"
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=1e-4, foreach=foreach)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=foreach)
+    if name == "adafactor":
+        return torch.optim.Adafactor(params, lr=1e-2, foreach=False)
+    if name == "adamw8bit":
+        return _EightBitAdamStandIn(params)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def _EightBitAdamStandIn(params: list) -> Any:
+    """bitsandbytes AdamW8bit's memory, without bitsandbytes: two uint8 states per element plus
+    one fp32 absmax per 256-element block (Dettmers et al. 2021, arXiv 2110.02861; bnb blocksize
+    256); the update is a fused kernel, so the step allocates nothing else."""
+    import torch
+
+    class EightBit(torch.optim.Optimizer):
+        def __init__(self, params: list) -> None:
+            super().__init__(params, {"lr": 1e-4})
+
+        @torch.no_grad()
+        def step(self, closure: Any = None) -> None:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    st = self.state[p]
+                    if not st:
+                        st["state1"] = torch.zeros_like(p, dtype=torch.uint8)
+                        st["state2"] = torch.zeros_like(p, dtype=torch.uint8)
+                        blocks = (p.numel() + 255) // 256
+                        st["absmax1"] = torch.zeros(blocks, dtype=torch.float32)
+                        st["absmax2"] = torch.zeros(blocks, dtype=torch.float32)
+                    p.add_(p.grad, alpha=-group["lr"])
+
+    return EightBit(params)
+
+
+def _run(config: PretrainedConfig, cfg: EstimateConfig, device: str, num_layers: int) -> tuple[_AllocLog, dict]:
+    """Build the model on fake tensors and run two optimizer steps under the allocation log."""
+    import torch
+    import transformers
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    config = copy.deepcopy(config)
+    _set_num_layers(config, num_layers)
+    config.use_cache = False
+    log = _AllocLog()
+    info: dict[str, Any] = {"param_keys": set(), "grad_keys": set(), "opt_keys": set()}
+    dtype = torch.bfloat16 if cfg.precision == "bf16-pure" else torch.float32
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    amp_device = "cpu"  # traced on fake CPU (see module docstring)
+    b, s, ga, vocab = cfg.batch_size, cfg.seq_len, cfg.grad_accum, int(config.vocab_size)
+    with FakeTensorMode(allow_non_fake_inputs=True), log.mode:
+        model = transformers.AutoModelForCausalLM.from_config(
+            config, attn_implementation=cfg.attention, dtype=dtype
+        )
+        if cfg.lora is not None:
+            _apply_lora(model, cfg.lora.rank, cfg.lora.targets)
+        if cfg.gradient_checkpointing:
+            with warnings.catch_warnings():  # renamed activation_checkpointing_enable in transformers 5.2x
+                warnings.simplefilter("ignore", FutureWarning)
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        info["param_keys"] = {log.storage_key(p) for p in model.parameters()}
+        opt = _make_optimizer(cfg.optimizer, trainable, device)
+        for it in range(2):
+            for _ in range(ga):
+                log.mark(f"forward{it}")
+                ids = torch.randint(0, vocab, (b, s))
+                if amp is not None:
+                    with torch.autocast(amp_device, dtype=amp):
+                        loss = model(input_ids=ids, labels=ids).loss
+                else:
+                    loss = model(input_ids=ids, labels=ids).loss
+                log.mark(f"backward{it}")
+                (loss / ga).backward()
+                del loss, ids
+            log.mark(f"optimizer{it}")
+            info["grad_keys"] |= {log.storage_key(p.grad) for p in trainable if p.grad is not None}
+            opt.step()
+            info["opt_keys"] |= {
+                log.storage_key(v) for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)
+            }
+            opt.zero_grad(set_to_none=True)
+        log.mark("done")
+        del opt, model, trainable
+    return log, info
+
+
+def _set_num_layers(config: Any, n: int) -> None:
+    """Set the depth of a config (and truncate per-layer lists such as Qwen2's layer_types)."""
+    full = int(config.num_hidden_layers)
+    config.num_hidden_layers = n
+    for attr in ("layer_types",):
+        val = getattr(config, attr, None)
+        if isinstance(val, list) and len(val) == full:
+            setattr(config, attr, val[:n])
+    if getattr(config, "max_window_layers", None) is not None:
+        config.max_window_layers = min(int(config.max_window_layers), n)
+
+
+def _analyse(log: _AllocLog, info: dict) -> tuple[int, str, dict[str, int]]:
+    """Live peak, its phase and the category breakdown at that moment."""
+    live: dict[int, tuple[int, str]] = {}
+    cur = peak = 0
+    peak_phase, peak_live = "forward", {}
+    phase = "setup"
+    for key, nbytes, ph in log.events:
+        if nbytes == 0:
+            phase = ph
+            continue
+        if nbytes > 0:
+            live[key] = (nbytes, phase)
+            cur += nbytes
+            if cur > peak:
+                peak, peak_phase, peak_live = cur, phase, dict(live)
+        elif key in live:
+            cur -= live.pop(key)[0]
+    breakdown = dict.fromkeys(_CATEGORIES, 0)
+    for key, (nbytes, ph) in peak_live.items():
+        if key in info["param_keys"]:
+            cat = "parameters"
+        elif key in info["grad_keys"]:
+            cat = "gradients"
+        elif key in info["opt_keys"]:
+            cat = "optimizer_states"
+        elif ph.startswith("forward") and not peak_phase.startswith("optimizer"):
+            cat = "activations"
+        else:
+            cat = "temporaries"
+        breakdown[cat] += nbytes
+    return peak, peak_phase.rstrip("0123456789"), breakdown
+
+
+@dataclass
+class TraceRun:
+    """One traced depth: the live-storage analysis and the raw allocation log."""
+
+    num_layers: int
+    live_peak_bytes: int
+    peak_phase: str
+    breakdown: dict[str, int]
+    events: list[tuple[int, int, str]] = field(repr=False)
+
+
+@dataclass
+class TraceResult:
+    """What a traced dry run found, in bytes of live tensor storage (see `trace_peak`)."""
+
+    num_layers: int
+    runs: list[TraceRun]
+    wall_s: float
+    tracer_maxrss_bytes: int
+
+    def extrapolate(self, per_run: list[float]) -> float:
+        """A quantity measured on each run, at the model's full depth (linear in L)."""
+        if len(self.runs) == 1:
+            return float(per_run[0])
+        (l1, v1), (l2, v2) = [(r.num_layers, v) for r, v in zip(self.runs, per_run, strict=True)]
+        return v1 + (v2 - v1) * (self.num_layers - l1) / (l2 - l1)
+
+    @property
+    def live_peak_bytes(self) -> int:
+        return int(round(self.extrapolate([r.live_peak_bytes for r in self.runs])))
+
+    @property
+    def peak_phase(self) -> str:
+        return self.runs[-1].peak_phase
+
+    @property
+    def breakdown(self) -> dict[str, int]:
+        keys = self.runs[-1].breakdown
+        return {k: int(round(self.extrapolate([r.breakdown[k] for r in self.runs]))) for k in keys}
+
+
+def trace_peak(config: PretrainedConfig, cfg: EstimateConfig, *, device: str = "cpu") -> TraceResult:
+    """Dry-run two training steps of `config` under `cfg` on fake tensors and log their memory.
+
+    Models deeper than `_FULL_TRACE_MAX_LAYERS` are traced at two reduced depths; callers
+    extrapolate any per-run quantity linearly in the layer count (`TraceResult.extrapolate`):
+    parameters, gradients, states and saved activations all grow by one layer's worth per
+    layer (Korthikanti et al. 2022, arXiv 2205.05198, Sec. 4), and fake ops cost time per op,
+    not per byte, so depth is the only thing that makes a trace slow.
+    """
+    t0 = time.perf_counter()
+    n_layers = int(config.num_hidden_layers)
+    depths = [n_layers] if n_layers <= _FULL_TRACE_MAX_LAYERS else list(_REDUCED_LAYERS)
+    runs = []
+    for depth in depths:
+        log, info = _run(config, cfg, device, depth)
+        peak, phase, breakdown = _analyse(log, info)
+        runs.append(TraceRun(depth, peak, phase, breakdown, log.events))
+    return TraceResult(
+        num_layers=n_layers,
+        runs=runs,
+        wall_s=time.perf_counter() - t0,
+        tracer_maxrss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    )

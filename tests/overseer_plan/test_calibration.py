@@ -1,0 +1,85 @@
+"""Calibration file handling and the host allocator model (overseer_plan/calibration.py)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from overseer_plan import calibration as cal_mod
+from overseer_plan.calibration import DEFAULTS, fit_cpu_factors, load_calibration, simulate_glibc
+from overseer_plan.estimate import EstimateConfig, estimate
+
+MiB = 2**20
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("OVERSEER_CACHE_DIR", str(tmp_path))
+
+
+def _write(tmp_path, **cpu):
+    import torch
+
+    data = DEFAULTS.model_dump(mode="json")
+    data["torch_version"] = torch.__version__
+    data["cpu"].update(cpu)
+    (tmp_path / "calibration.json").write_text(json.dumps(data))
+
+
+def test_defaults_without_a_file():
+    cal, notes = load_calibration()
+    assert cal == DEFAULTS and "shipped defaults" in notes[0]
+
+
+def test_file_is_used_when_present(tmp_path):
+    base = estimate("overseer-tiny", EstimateConfig())
+    _write(tmp_path, constant_bytes=DEFAULTS.cpu.constant_bytes + 100 * MiB)
+    est = estimate("overseer-tiny", EstimateConfig())
+    assert est.peak_bytes == base.peak_bytes + 100 * MiB
+    assert any(str(tmp_path) in n for n in est.notes)
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"cpu": {"scale": "x"}}), "[]"])
+def test_malformed_file_is_ignored_with_a_warning(tmp_path, content):
+    (tmp_path / "calibration.json").write_text(content)
+    with pytest.warns(UserWarning, match="malformed"):
+        est = estimate("overseer-tiny", EstimateConfig())
+    assert any("malformed" in n for n in est.notes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert load_calibration()[0] == DEFAULTS
+
+
+def test_other_torch_version_is_ignored(tmp_path):
+    data = DEFAULTS.model_dump(mode="json")
+    data["torch_version"] = "0.0.1"
+    (tmp_path / "calibration.json").write_text(json.dumps(data))
+    cal, notes = load_calibration()
+    assert cal == DEFAULTS and "0.0.1" in notes[0]
+
+
+def test_glibc_model_small_blocks_stay_resident_large_ones_return():
+    # 1 MiB blocks start above the 128 KiB threshold (mmap'd, returned on free); freeing one
+    # raises the threshold, so the next 1 MiB blocks come from the heap and stay resident.
+    ev = [(1, MiB, "forward"), (1, -MiB, "forward"), (2, MiB, "forward"), (3, MiB, "forward"),
+          (2, -MiB, "forward"), (3, -MiB, "forward"), (4, 64 * MiB, "forward")]
+    peak = simulate_glibc(ev)
+    assert peak == pytest.approx(2 * MiB + 64 * MiB, rel=0.01)
+
+
+def test_glibc_model_reuses_freed_heap_space():
+    small = 64 * 1024
+    ev = [(1, small, "f"), (1, -small, "f"), (2, small, "f"), (2, -small, "f")]
+    assert simulate_glibc(ev) < 2 * small
+
+
+def test_fit_cpu_factors_recovers_a_line():
+    pts = [(100.0, 1.1 * 100 + 50), (300.0, 1.1 * 300 + 50), (700.0, 1.1 * 700 + 50)]
+    scale, const = fit_cpu_factors(pts)
+    assert scale == pytest.approx(1.1) and const == 50
+
+
+def test_calibration_path_honours_env(tmp_path):
+    assert cal_mod.calibration_path() == tmp_path / "calibration.json"

@@ -1,0 +1,175 @@
+"""The estimate API, the analytic method and the CLI (overseer_plan/estimate.py, commands/estimate.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from overseer_plan.errors import UserInputError
+from overseer_plan.estimate import EstimateConfig, LoraSettings, MemoryEstimate, estimate
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "estimate"
+LLAMA = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 128, "intermediate_size": 352,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 2000, "max_position_embeddings": 1024}
+GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 128, "n_head": 4, "vocab_size": 2000, "n_positions": 1024}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("OVERSEER_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def cfg(**kw) -> EstimateConfig:
+    return EstimateConfig(**{"batch_size": 2, "seq_len": 128, **kw})
+
+
+def test_result_shape_and_breakdown_sums_to_peak():
+    est = estimate("overseer-tiny", cfg())
+    assert isinstance(est, MemoryEstimate)
+    assert est.method == "analytic" and est.device == "cpu"
+    assert sum(est.breakdown.model_dump().values()) == est.peak_bytes
+    assert est.host_peak_bytes > est.peak_bytes > est.live_tensor_bytes > 0
+    assert est.peak_phase in ("forward", "backward", "optimizer")
+    assert est.model_info.num_params == est.model_info.trainable_params == 787_584
+
+
+@pytest.mark.parametrize("model", [LLAMA, GPT2])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_more_batch_or_sequence_means_more_memory(model, device):
+    peaks = [estimate(model, cfg(batch_size=b, seq_len=s), device=device).peak_bytes
+             for b, s in [(1, 128), (2, 128), (4, 128), (4, 256), (4, 512)]]
+    assert peaks == sorted(peaks) and len(set(peaks)) == len(peaks)
+
+
+@pytest.mark.parametrize("model", [LLAMA, GPT2])
+def test_checkpointing_lowers_activations(model):
+    plain = estimate(model, cfg(batch_size=8, seq_len=512))
+    ckpt = estimate(model, cfg(batch_size=8, seq_len=512, gradient_checkpointing=True))
+    assert ckpt.live_tensor_bytes < plain.live_tensor_bytes
+
+
+def test_eager_attention_costs_more_than_sdpa():
+    sdpa = estimate(LLAMA, cfg(batch_size=4, seq_len=1024))
+    eager = estimate(LLAMA, cfg(batch_size=4, seq_len=1024, attention="eager"))
+    assert eager.breakdown.activations > sdpa.breakdown.activations
+
+
+def test_lora_drops_base_gradients_and_optimizer_states():
+    full = estimate(LLAMA, cfg())
+    lora = estimate(LLAMA, cfg(lora=LoraSettings(rank=8)))
+    assert lora.model_info.trainable_params < full.model_info.trainable_params / 10
+    # q_proj 128->128 and v_proj 128->64 per layer: r * (in + out)
+    assert lora.model_info.trainable_params == 2 * 8 * ((128 + 128) + (128 + 64))
+    assert lora.breakdown.optimizer_states < full.breakdown.optimizer_states / 10
+    assert lora.peak_bytes < full.peak_bytes
+
+
+def test_grad_accumulation_keeps_gradients_alive():
+    one = estimate(LLAMA, cfg(batch_size=8, seq_len=512))
+    many = estimate(LLAMA, cfg(batch_size=8, seq_len=512, grad_accum=4))
+    assert many.breakdown.gradients > 0 and many.peak_bytes > one.peak_bytes
+
+
+def test_optimizers_order_by_state_size():
+    states = {o: estimate(LLAMA, cfg(optimizer=o)).breakdown.optimizer_states
+              for o in ("adamw", "sgd", "adamw8bit", "adafactor")}
+    assert states["adamw"] > states["sgd"] > states["adamw8bit"] > states["adafactor"] > 0
+
+
+def test_bf16_pure_halves_parameters():
+    assert estimate(LLAMA, cfg(precision="bf16-pure")).breakdown.parameters * 2 == \
+        estimate(LLAMA, cfg()).breakdown.parameters
+
+
+def test_cuda_adds_context_and_notes_it_is_unmeasured():
+    est = estimate(LLAMA, cfg(), device="cuda")
+    assert est.breakdown.overhead >= 300 * 2**20
+    assert any("unmeasured" in n for n in est.notes)
+
+
+def test_analytic_is_fast_after_first_call():
+    estimate("llama-3.1-8b", cfg())
+    c = cfg(batch_size=4, seq_len=2048, precision="bf16")
+    t0 = time.perf_counter()
+    for _ in range(50):
+        estimate("llama-3.1-8b", c, device="cuda")
+    assert (time.perf_counter() - t0) / 50 < 0.005
+
+
+def test_from_training_config_adapter():
+    c = EstimateConfig.from_training_config(
+        batch_size=4, gradient_accumulation_steps=2, max_sequence_length=256, mixed_precision=True,
+        gradient_checkpointing=True, optimizer="AdamW", use_gpu=False, learning_rate=1e-4,
+    )
+    assert (c.batch_size, c.grad_accum, c.seq_len, c.precision, c.optimizer) == (4, 2, 256, "bf16", "adamw")
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [({"batch_size": 0}, "batch_size must be at least 1"), ({"seq_len": -5}, "seq_len must be at least 1"),
+     ({"precision": "fp8"}, "precision")],
+)
+def test_bad_settings_are_user_errors(kwargs, words):
+    with pytest.raises(UserInputError, match=words):
+        EstimateConfig.build(**kwargs)
+
+
+def test_sequence_longer_than_max_positions():
+    with pytest.raises(UserInputError, match="max positions"):
+        estimate("overseer-tiny", cfg(seq_len=4096))
+
+
+def test_unknown_lora_target():
+    with pytest.raises(UserInputError, match="not linear layers"):
+        estimate(LLAMA, cfg(lora=LoraSettings(rank=4, targets=["nope"])))
+
+
+# --- CLI -----------------------------------------------------------------------------------
+
+def _app() -> typer.Typer:
+    from overseer_plan.commands.estimate import estimate_command
+
+    app = typer.Typer()
+    app.command("estimate")(estimate_command)
+
+    @app.command("other")
+    def _other() -> None:  # a second command keeps `estimate` a named sub-command
+        pass
+
+    return app
+
+
+def test_cli_table_and_json():
+    runner = CliRunner()
+    res = runner.invoke(_app(), ["estimate", "--batch-size", "2", "--seq-len", "128"])
+    assert res.exit_code == 0, res.output
+    assert "MiB" in res.output and "peak" in res.output
+    res = runner.invoke(_app(), ["estimate", "--model", str(ASSETS / "tiny-gpt2"), "--seq-len", "128", "--json", "--device", "cuda"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert {"peak_bytes", "host_peak_bytes", "breakdown", "peak_phase", "method"} <= set(data)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--batch-size", "0"],
+        ["--seq-len", "-3"],
+        ["--seq-len", "100000"],
+        ["--model", "no-such-model"],
+        ["--model", str(ASSETS / "malformed-config.json")],
+        ["--model", str(ASSETS / "bert-config.json")],
+        ["--precision", "fp8"],
+        ["--lora-rank", "0"],
+    ],
+)
+def test_cli_bad_input_exit_2_one_line(args):
+    res = CliRunner().invoke(_app(), ["estimate", *args])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("overseer: error:")

@@ -1,0 +1,96 @@
+"""Model resolution and the exact parameter census (overseer_plan/models.py, _analytic.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from overseer_plan._analytic import model_shape
+from overseer_plan.errors import UserInputError
+from overseer_plan.models import config_fingerprint, list_catalogue, resolve_model_config
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "estimate"
+
+# Published parameter counts (model cards / HF `num_parameters()`), checked against our census
+# so a typo in a shipped config is caught.
+PUBLISHED = {
+    "gpt2": 124_439_808,
+    "gpt2-medium": 354_823_168,
+    "gpt2-large": 774_030_080,
+    "gpt2-xl": 1_557_611_200,
+    "llama-3.2-1b": 1_235_814_400,
+    "llama-3.1-8b": 8_030_261_248,
+    "llama-2-7b": 6_738_415_616,
+    "qwen2-0.5b": 494_032_768,
+    "pythia-160m": 162_322_944,
+}
+
+TINY = {
+    "gpt2": {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 500, "n_positions": 128},
+    "llama": {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 160,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 500, "tie_word_embeddings": False},
+    "llama-tied": {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 160,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 500, "tie_word_embeddings": True},
+    "gpt_neox": {"model_type": "gpt_neox", "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 256,
+                 "num_attention_heads": 4, "vocab_size": 500},
+    "qwen2": {"model_type": "qwen2", "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 160,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 500},
+}
+
+
+def test_every_catalogue_entry_validates_and_has_a_source():
+    names = {e.name for e in list_catalogue()}
+    assert {"overseer-tiny", "gpt2", "llama-3.2-1b", "qwen2-0.5b", "pythia-160m"} <= names
+    for entry in list_catalogue():
+        assert "https://" in entry.source
+        assert resolve_model_config(entry.name).model_type == entry.config["model_type"]
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_catalogue_parameter_counts_match_published(name):
+    config = resolve_model_config(name)
+    assert model_shape(config, config_fingerprint(config)).num_params == PUBLISHED[name]
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_census_matches_instantiated_model(family):
+    import torch
+    import transformers
+
+    config = resolve_model_config(TINY[family])
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    unique = {p.data_ptr(): p.numel() for p in model.parameters()}
+    shape = model_shape(config, config_fingerprint(config))
+    assert shape.num_params == sum(unique.values())
+    assert shape.num_layers == 2
+
+
+def test_hub_id_of_a_catalogue_entry_resolves_offline():
+    assert resolve_model_config("openai-community/gpt2").n_layer == 12
+
+
+def test_local_dir_and_file_and_config_object():
+    from_dir = resolve_model_config(ASSETS / "tiny-gpt2")
+    from_file = resolve_model_config(str(ASSETS / "tiny-gpt2" / "config.json"))
+    assert from_dir.n_embd == from_file.n_embd == 64
+    assert resolve_model_config(from_dir) is from_dir
+
+
+@pytest.mark.parametrize(
+    "ref, words",
+    [
+        ("no-such-model", "unknown model"),
+        (str(ASSETS / "malformed-config.json"), "malformed JSON"),
+        (str(ASSETS / "bert-config.json"), "not a causal language model"),
+        (str(ASSETS / "missing.json"), "no such file"),
+        (str(ASSETS), "no config.json"),
+        ({"n_layer": 2}, "no 'model_type'"),
+    ],
+)
+def test_bad_models_are_one_line_user_errors(ref, words):
+    with pytest.raises(UserInputError) as err:
+        resolve_model_config(ref)
+    assert words in str(err.value)
+    assert "\n" not in str(err.value)
