@@ -47,3 +47,9 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def cache_root() -> Path:
+    """Overseer's per-user cache: $OVERSEER_CACHE_DIR, else ~/.cache/overseer (tokens/, data/, calibration)."""
+    env = os.environ.get("OVERSEER_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "overseer"

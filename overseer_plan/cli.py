@@ -49,6 +49,12 @@ importlib.import_module("overseer_plan.commands.doctor_ladder").register(
 
 def main() -> None:
     """Console-script entry point."""
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "train":
+        from overseer_plan.commands.train import expand_download_value
+
+        sys.argv[1:] = expand_download_value(sys.argv[1:])
     app()
 
 

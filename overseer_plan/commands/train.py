@@ -43,6 +43,15 @@ def train_command(
     cpu_only: bool = typer.Option(False, "--cpu-only", help="Train on the CPU even when a GPU is present."),
     allow_seq: bool = typer.Option(False, "--allow-sequence-reduction",
                                    help="Let the planner and the OOM ladder shorten sequences (changes what is learned)."),
+    download_data: bool = typer.Option(False, "--download-data",
+                                       help="Fetch fresh data first: `--download-data URL`, or the config's data_sources."),
+    download_from: list[str] = typer.Option([], "--download-from", metavar="SOURCE", hidden=True,
+                                            help="The SOURCE of `--download-data SOURCE` (repeatable)."),
+    continuous: bool = typer.Option(False, "--continuous-learning",
+                                    help="Keep watching the data sources; train on new data with 20% replay."),
+    rounds: int | None = typer.Option(None, "--rounds", min=1, help="With --continuous-learning: stop after N rounds."),
+    watch_interval: float | None = typer.Option(None, "--watch-interval", metavar="SECONDS",
+                                                help="With --continuous-learning: seconds between source checks."),
 ) -> None:
     """Train a causal LM: the embedded default (overseer-tiny on Python's own source) when no model/data.
 
@@ -51,8 +60,10 @@ def train_command(
         overseer train --auto                                  # embedded default, ~2 minutes on a laptop CPU
 
         overseer train --resource-efficient --model ./my-model --data notes/ --output runs/notes --resume
+
+        overseer train --resource-efficient --download-data https://example.org/corpus.tar.gz --continuous-learning
     """
-    from trainer.run import train
+    from trainer.pipeline import run_pipeline
 
     modes = [name for name, on in (("--auto", auto), ("--standard", standard),
                                    ("--resource-efficient", resource_efficient), ("--config", config_file)) if on]
@@ -64,10 +75,34 @@ def train_command(
     config = _build_config(flags, config_file, resource_efficient)
     mode = "standard" if standard else "resource-efficient" if resource_efficient else None
     use_auto = not (standard or resource_efficient or config_file)  # --auto is the default
-    result = _run(train, config, auto=use_auto, mode=mode, resume=resume)
-    _print_summary(result)
-    if result.interrupted:
+    source = list(download_from) or (True if download_data else None)
+    out = _run(run_pipeline, config, auto=use_auto, mode=mode, resume=resume, download_source=source,
+               continuous=continuous, rounds=rounds, watch_interval_s=watch_interval)
+    if out.result is not None:
+        _print_summary(out.result)
+    if out.interrupted:
         raise typer.Exit(code=EXIT_INTERRUPTED)
+
+
+def expand_download_value(argv: list[str]) -> list[str]:
+    """Let `--download-data` take an optional value, as the spec writes it (`--download-data URL`).
+
+    typer options cannot have optional values, so `--download-data X` (X not a flag) and
+    `--download-data=X` become `--download-data --download-from X` before parsing.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--download-data="):
+            out += ["--download-data", "--download-from", arg.split("=", 1)[1]]
+        elif arg == "--download-data" and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            out += ["--download-data", "--download-from", argv[i + 1]]
+            i += 1
+        else:
+            out.append(arg)
+        i += 1
+    return out
 
 
 _FLAG_FIELDS = {"model": "model", "data": "data", "output": "output_dir", "max_steps": "max_steps", "epochs": "epochs",
@@ -97,12 +132,12 @@ def _build_config(flags: dict[str, Any], config_file: Path | None, resource_effi
     return TrainingConfig.from_dict({**base, **flags}, what="the train options")
 
 
-def _run(train: Any, config: Any, **kwargs: Any) -> Any:
+def _run(run: Any, config: Any, **kwargs: Any) -> Any:
     from trainer.loop import RestartRequired
 
     reporter = _ProgressReporter()
     try:
-        return train(config, reporter=reporter, **kwargs)
+        return run(config, reporter=reporter, **kwargs)
     except RestartRequired as e:
         _restart_or_fail(e)
         raise

@@ -1,0 +1,125 @@
+"""trainer/loop.py: injected OOMs retry the same step in place; logs; monitor pressure; scale-up."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from _train_helpers import read_jsonl, run_trainer, tiny_config
+
+from trainer.loop import INJECT_ENV
+from trainer.monitor import ResourceMonitor
+
+
+def test_injected_ooms_keep_steps_effective_batch_and_loss(tmp_path, monkeypatch):
+    base = run_trainer(tiny_config(tmp_path / "a", batch_size=8, gradient_accumulation_steps=1, save_steps=100))
+    # Micro-step indices: 8 steps with micro 8 x 1 at first, more micro-batches after each step down.
+    picks = sorted(random.Random(1).sample(range(0, 10), 3))
+    monkeypatch.setenv(INJECT_ENV, ",".join(map(str, picks)))
+    hurt = run_trainer(tiny_config(tmp_path / "b", batch_size=8, gradient_accumulation_steps=1, save_steps=100))
+    assert hurt.oom_events == 3 and hurt.step_downs == 3
+    assert hurt.optimizer_steps == base.optimizer_steps == 6
+    assert hurt.effective_batch_size == base.effective_batch_size == 8
+    assert hurt.config["batch_size"] == 1 and hurt.config["gradient_accumulation_steps"] == 8
+    for a, b in zip(base.losses, hurt.losses, strict=True):
+        assert abs(a - b) <= 1e-4 * abs(a)
+    events = read_jsonl(tmp_path / "b" / "run" / "events.jsonl")
+    downs = [e for e in events if e["event"] == "step_down"]
+    assert [d["changes"]["batch_size"] for d in downs] == [[8, 4], [4, 2], [2, 1]]
+    assert all(d["effective_batch_size"] == 8 and d["rule"] == "ladder.oom.batch-size" for d in downs)
+    ooms = [e for e in events if e["event"] == "oom"]
+    assert [o["micro_step"] for o in ooms] == picks
+    assert all("before_bytes" in o and "after_bytes" in o for o in ooms)
+
+
+def test_oom_at_the_floor_stops_with_doctor_advice(tmp_path, monkeypatch):
+    from trainer.loop import OutOfMemoryAtFloor
+
+    monkeypatch.setenv(INJECT_ENV, ",".join(str(i) for i in range(40)))
+    with pytest.raises(OutOfMemoryAtFloor, match="overseer doctor oom") as info:
+        run_trainer(tiny_config(tmp_path, batch_size=2, gradient_accumulation_steps=1))
+    assert info.value.exit_code == 3
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stopped"] == "oom_floor" and summary["optimizer_steps"] == 0
+
+
+def test_run_directory_files_and_keys(tmp_path):
+    result = run_trainer(tiny_config(tmp_path))
+    run = tmp_path / "run"
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    for key in ("step", "loss", "lr", "tokens_per_s", "micro_batch_size", "gradient_accumulation_steps", "rss_bytes"):
+        assert key in metrics[0], key
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("optimizer_steps", "effective_batch_size", "final_loss", "final_eval_loss", "oom_events",
+                "time_to_first_step_s", "samples_per_s", "config", "initial_eval_loss", "eval_loss_drop"):
+        assert key in summary, key
+    assert summary["optimizer_steps"] == 6 and summary["effective_batch_size"] == 8
+    assert summary["final_eval_loss"] < summary["initial_eval_loss"]
+    assert 0 < summary["time_to_first_step_s"]
+    events = read_jsonl(run / "events.jsonl")
+    kinds = {e["event"] for e in events}
+    assert {"process_start", "first_step", "checkpoint", "eval"} <= kinds
+    assert any("training from scratch" in e.get("text", "") for e in events)  # config-only dir says so
+    assert all({"time", "step", "event"} <= set(e) for e in events)
+    assert read_jsonl(run / "monitor.jsonl")[0]["ram_percent"] > 0
+    assert result.final_loss == metrics[-1]["loss"]
+
+
+def test_data_order_does_not_depend_on_the_micro_batch_size(tmp_path):
+    a = run_trainer(tiny_config(tmp_path / "a", batch_size=8, gradient_accumulation_steps=1))
+    b = run_trainer(tiny_config(tmp_path / "b", batch_size=2, gradient_accumulation_steps=4))
+    for x, y in zip(a.losses, b.losses, strict=True):
+        assert abs(x - y) <= 1e-4 * abs(x)
+
+
+def _fake_memory(percent):
+    total = 1000
+    return lambda: {"ram_total_bytes": total, "ram_used_bytes": int(total * percent[0] / 100), "rss_bytes": 1}
+
+
+def test_memory_pressure_steps_down_at_the_next_step_boundary(tmp_path):
+    percent = [95.0]  # above threshold 80 + half the gap (90): critical, so an emergency checkpoint too
+    monitor = ResourceMonitor(interval_s=0.01, ram_percent=80, gpu_percent=90, path=None, read=_fake_memory(percent))
+    result = run_trainer(tiny_config(tmp_path, save_steps=100), monitor=monitor)
+    events = read_jsonl(tmp_path / "run" / "events.jsonl")
+    crossed = [e for e in events if e["event"] == "threshold_crossed"]
+    assert crossed[0]["to"] == "critical" and crossed[0]["percent"] == 95.0 and crossed[0]["threshold_percent"] == 80
+    downs = [e for e in events if e["event"] == "step_down"]
+    assert downs and downs[0]["reason"].startswith("memory pressure: ram at 95.0%")
+    assert any(e["event"] == "emergency_checkpoint" for e in events)
+    assert result.optimizer_steps == 6 and result.effective_batch_size == 8
+
+
+def test_scale_up_climbs_along_divisors_when_stable_with_headroom(tmp_path, monkeypatch):
+    import trainer.loop as loop
+
+    monkeypatch.setattr(loop, "SCALE_UP_AFTER_STEPS", 2)
+    monitor = ResourceMonitor(interval_s=0.05, ram_percent=80, gpu_percent=90, path=None, read=_fake_memory([10.0]))
+    result = run_trainer(tiny_config(tmp_path, batch_size=2, gradient_accumulation_steps=4, scale_up=True,
+                                     max_steps=8), monitor=monitor)
+    ups = [e for e in read_jsonl(tmp_path / "run" / "events.jsonl") if e["event"] == "step_up"]
+    assert [u["changes"]["batch_size"] for u in ups] == [[2, 4], [4, 8]]
+    assert result.config["batch_size"] == 8 and result.effective_batch_size == 8
+
+
+def test_scale_up_never_returns_to_a_rung_that_hit_an_oom(tmp_path, monkeypatch):
+    import trainer.loop as loop
+
+    monkeypatch.setattr(loop, "SCALE_UP_AFTER_STEPS", 2)
+    monkeypatch.setenv(INJECT_ENV, "0")  # micro 8 fails once: 8 -> 4
+    monitor = ResourceMonitor(interval_s=0.05, ram_percent=80, gpu_percent=90, path=None, read=_fake_memory([10.0]))
+    result = run_trainer(tiny_config(tmp_path, batch_size=8, gradient_accumulation_steps=1, scale_up=True,
+                                     max_steps=8), monitor=monitor)
+    assert result.step_ups == 0 and result.config["batch_size"] == 4
+
+
+def test_no_scale_up_without_headroom(tmp_path, monkeypatch):
+    import trainer.loop as loop
+
+    monkeypatch.setattr(loop, "SCALE_UP_AFTER_STEPS", 2)
+    monitor = ResourceMonitor(interval_s=0.05, ram_percent=80, gpu_percent=90, path=None, read=_fake_memory([50.0]))
+    result = run_trainer(tiny_config(tmp_path, batch_size=2, gradient_accumulation_steps=4, scale_up=True,
+                                     max_steps=6), monitor=monitor)
+    assert result.step_ups == 0  # peak 50% x 2 >= 80% threshold

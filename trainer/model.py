@@ -1,0 +1,125 @@
+"""Which model and tokenizer a run trains: the embedded default, a local directory, or a hub id.
+
+    None / 'overseer-tiny'       the embedded default: built from its catalogue config, random init,
+                                 byte-level tokenizer; nothing is downloaded
+    a directory with weights     AutoModelForCausalLM.from_pretrained (safetensors, no remote code)
+    a directory, config only     built from config.json with random weights, and the log says so
+    a hub id                     from_pretrained (needs the network once, then the HF cache)
+
+The config is resolved by `overseer_plan.models.resolve_model_config` when that module is present
+(catalogue names, local dirs, config.json files, hub ids), else by the small fallback below.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from overseer_plan.errors import UserInputError
+from trainer.tokenizer import ByteTokenizer, load_tokenizer
+
+DEFAULT_MODEL = "overseer-tiny"
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    name: str
+    from_scratch: bool
+    notes: list[str] = field(default_factory=list)
+    """Things the log must say (e.g. 'no weights: training from scratch')."""
+
+    @property
+    def max_positions(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
+
+
+def resolve_config(name: str) -> Any:
+    """A transformers config for `name`. Raises UserInputError for an unknown model."""
+    try:
+        from overseer_plan.models import resolve_model_config
+    except ImportError:
+        return _fallback_config(name)
+    return resolve_model_config(name)
+
+
+def _fallback_config(name: str) -> Any:
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    catalogue = Path(__file__).resolve().parent.parent / "overseer_plan" / "catalog" / f"{name}.json"
+    if catalogue.is_file():
+        cfg = dict(json.loads(catalogue.read_text(encoding="utf-8"))["config"])
+        return CONFIG_MAPPING[cfg.pop("model_type")](**cfg)
+    p = Path(name).expanduser()
+    target = p.parent if p.is_file() and p.name == "config.json" else p
+    if p.exists() and not (target / "config.json").is_file():
+        raise UserInputError(f"--model {name}: no config.json there")
+    try:
+        return AutoConfig.from_pretrained(str(target), trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise UserInputError(f"--model {name}: unknown model (not in the catalogue, not a local directory, "
+                             f"not reachable on the hub: {str(e).splitlines()[0][:120]})") from None
+
+
+def _model_dir(name: str) -> Path | None:
+    p = Path(name).expanduser()
+    if p.is_file() and p.name == "config.json":
+        return p.parent
+    return p if p.is_dir() else None
+
+
+def load_model(name: str | None, *, attention: str = "sdpa", seed: int = 42) -> LoadedModel:
+    """The model and tokenizer to train. Raises UserInputError for unknown models or missing tokenizers."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    name = name or DEFAULT_MODEL
+    config = resolve_config(name)
+    config.use_cache = False  # no KV cache in training: it only costs memory
+    local = _model_dir(name)
+    notes: list[str] = []
+    has_weights = local is not None and any((local / f).is_file() for f in _WEIGHT_FILES)
+    if has_weights:
+        model = AutoModelForCausalLM.from_pretrained(str(local), config=config, trust_remote_code=False,
+                                                     attn_implementation=attention, dtype=torch.float32)
+    elif local is None and name != DEFAULT_MODEL and not _in_catalogue(name):
+        model = _from_hub(name, config, attention)
+    else:
+        torch.manual_seed(seed)  # same seed, same initial weights
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attention, trust_remote_code=False)
+        where = f"in {local}" if local else f"for catalogue model {name}"
+        notes.append(f"no weights {where}: training from scratch (random initialisation)")
+    tokenizer = _tokenizer_for(name, local, config, notes)
+    from_scratch = bool(notes) and notes[0].startswith("no weights")
+    return LoadedModel(model, tokenizer, name, from_scratch=from_scratch, notes=notes)
+
+
+def _in_catalogue(name: str) -> bool:
+    return (Path(__file__).resolve().parent.parent / "overseer_plan" / "catalog" / f"{name}.json").is_file()
+
+
+def _from_hub(name: str, config: Any, attention: str) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, config=config, trust_remote_code=False,
+                                                    attn_implementation=attention, dtype=torch.float32)
+    except OSError as e:
+        raise UserInputError(f"--model {name}: cannot load its weights ({str(e).splitlines()[0][:160]})") from None
+
+
+def _tokenizer_for(name: str, local: Path | None, config: Any, notes: list[str]) -> Any:
+    if name == DEFAULT_MODEL:
+        return ByteTokenizer(vocab_size=config.vocab_size)
+    try:
+        return load_tokenizer(local if local is not None else name)
+    except FileNotFoundError as e:
+        if config.vocab_size >= 260:
+            notes.append(f"no tokenizer for {name}: using the byte-level tokenizer (ids 4..259)")
+            return ByteTokenizer(vocab_size=config.vocab_size)
+        raise UserInputError(f"--model {name}: {e}; put tokenizer files next to config.json") from None

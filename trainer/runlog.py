@@ -1,0 +1,46 @@
+"""The run directory's logs: metrics.jsonl, events.jsonl (append-only, one JSON object a line) and summary.json."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from overseer_plan._io import atomic_write_text
+
+
+class RunLog:
+    """Appends metric rows and events; thread-safe (the monitor thread writes events too)."""
+
+    def __init__(self, run_dir: Path):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = run_dir
+        self._lock = threading.Lock()
+        # Append: a resumed run continues the same files.
+        self._metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._events = open(run_dir / "events.jsonl", "a", encoding="utf-8")
+        self.step = 0
+        self.counts: dict[str, int] = {}
+
+    def metric(self, row: dict[str, Any]) -> None:
+        with self._lock:
+            self._metrics.write(json.dumps(row) + "\n")
+            self._metrics.flush()
+
+    def event(self, kind: str, **data: Any) -> dict[str, Any]:
+        row = {"time": round(time.time(), 3), "step": self.step, "event": kind, **data}
+        with self._lock:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            self._events.write(json.dumps(row, default=str) + "\n")
+            self._events.flush()
+        return row
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+
+    def close(self) -> None:
+        with self._lock:
+            self._metrics.close()
+            self._events.close()
