@@ -21,49 +21,65 @@ from overseer_plan.hardware import Hardware
 from overseer_plan.rules import LadderRule, Rulebook
 from overseer_plan.units import fmt_bytes
 
+# Shortest sequence a rung may halve down to: below this a causal LM sees too little context to
+# learn much, and per-step overheads dominate.
+MIN_SEQUENCE_LENGTH = 64
 
-def apply_change(cfg: TrainingConfig, rule: LadderRule, num_processes: int = 1) -> TrainingConfig | None:
+
+def apply_change(cfg: TrainingConfig, rule: LadderRule, num_processes: int = 1, *,
+                 in_flight: bool = False) -> TrainingConfig | None:
     """The config after one rung, or None when the rung changes nothing (or cannot apply).
 
     `halve` steps a field down to the next smaller divisor-compatible value; with
     `keep_effective_batch`, accumulation is recomputed so that micro-batch x accumulation
-    x processes stays exactly the same (never an approximate x0.9 shrink).
+    x processes stays exactly the same (never an approximate x0.9 shrink). With `in_flight`
+    (a running job stepping down), halving the sequence cuts each already-packed block in two,
+    so accumulation doubles and the optimizer step keeps its tokens.
     """
     ch = rule.change
     if ch.action:
         return None
-    per_process = cfg.batch_size * cfg.gradient_accumulation_steps
-    updates: dict[str, Any] = dict(ch.set)
+    updates = _halved(cfg, ch.halve, in_flight) if ch.halve else {}
+    if updates is None:
+        return None
+    updates.update(ch.set)
     updates.update({k: v for k, v in ch.at_least.items() if getattr(cfg, k) < v})
     if ch.at_least and not any(k in updates for k in ch.at_least):
         return None
-    if ch.halve == "batch_size":
-        smaller = [d for d in range(1, cfg.batch_size) if per_process % d == 0 and d <= cfg.batch_size // 2]
-        if not smaller:
-            return None
-        updates["batch_size"] = max(smaller)
-    elif ch.halve == "gradient_accumulation_steps":
-        fewer = [a for a in range(1, cfg.gradient_accumulation_steps) if per_process % a == 0
-                 and a <= cfg.gradient_accumulation_steps // 2]
-        if not fewer:
-            return None
-        updates["gradient_accumulation_steps"] = max(fewer)
-    elif ch.halve:
-        value = getattr(cfg, ch.halve) // 2
-        if value < (128 if ch.halve == "max_sequence_length" else 1):
-            return None
-        updates[ch.halve] = value
-    if ch.keep_effective_batch:
-        if "gradient_accumulation_steps" in updates:
-            acc = updates["gradient_accumulation_steps"]
-            if per_process % acc:
-                return None
-            updates["batch_size"] = per_process // acc
-        elif "batch_size" in updates:
-            updates["gradient_accumulation_steps"] = per_process // updates["batch_size"]
+    if ch.keep_effective_batch and not _keep_effective_batch(cfg, updates):
+        return None
     if all(getattr(cfg, k) == v for k, v in updates.items()):
         return None
     return cfg.with_changes(**updates)
+
+
+def _halved(cfg: TrainingConfig, field: str, in_flight: bool) -> dict[str, Any] | None:
+    per_process = cfg.batch_size * cfg.gradient_accumulation_steps
+    if field in ("batch_size", "gradient_accumulation_steps"):
+        current = getattr(cfg, field)
+        # The largest divisor of the per-process batch at most half the current value.
+        smaller = [d for d in range(current // 2, 0, -1) if per_process % d == 0]
+        return {field: smaller[0]} if smaller else None
+    value = getattr(cfg, field) // 2
+    if field == "max_sequence_length":
+        if cfg.max_sequence_length % 2 or value < MIN_SEQUENCE_LENGTH:
+            return None
+        if in_flight:
+            return {field: value, "gradient_accumulation_steps": cfg.gradient_accumulation_steps * 2}
+    return {field: value} if value >= 1 else None
+
+
+def _keep_effective_batch(cfg: TrainingConfig, updates: dict[str, Any]) -> bool:
+    """Complete `updates` so micro-batch x accumulation is unchanged; False when impossible."""
+    per_process = cfg.batch_size * cfg.gradient_accumulation_steps
+    if "gradient_accumulation_steps" in updates:
+        acc = updates["gradient_accumulation_steps"]
+        if per_process % acc:
+            return False
+        updates["batch_size"] = per_process // acc
+    elif "batch_size" in updates:
+        updates["gradient_accumulation_steps"] = per_process // updates["batch_size"]
+    return True
 
 
 class Rung(BaseModel):

@@ -67,8 +67,6 @@ Fits = Callable[[TrainingConfig], bool]
 # Settings whose change does not reliably lower memory: only used when the estimator says it helps
 # (fp32 without autocast drops the 16-bit activation copies but doubles the kept activations).
 _NEEDS_ESTIMATE = {"mixed_precision"}
-MIN_SEQUENCE_LENGTH = 64
-"""The sequence rung never goes below this: shorter contexts teach little about language."""
 
 
 def next_rung(config: TrainingConfig, rulebook: Any, fits: Fits | None = None) -> tuple[TrainingConfig, Any] | None:
@@ -108,44 +106,16 @@ def step_down(config: TrainingConfig, rulebook: Any, fits: Fits | None = None) -
 
 
 def apply_rung(config: TrainingConfig, rule: Any) -> TrainingConfig | None:
-    """`config` with the rung's change, or None when the change is a no-op or impossible."""
-    change = rule.change
-    if change.halve == "batch_size":
-        return _halve_micro_batch(config)
-    if change.halve == "max_sequence_length":
-        return _halve_sequence(config)
-    if change.halve is not None or change.action is not None:
+    """`config` with the rung's change for a running job, or None when it is a no-op or impossible.
+
+    The rulebook's changes are interpreted in one place (`overseer_plan.ladder.apply_change`);
+    in flight, a shorter sequence re-cuts the packed blocks so each step keeps its tokens.
+    """
+    from overseer_plan.ladder import apply_change
+
+    if rule.change.action is not None or rule.change.halve not in (None, "batch_size", "max_sequence_length"):
         return None  # not a rung the trainer can take automatically
-    updates = {k: v for k, v in change.set.items() if getattr(config, k) != v}
-    if not updates:
-        return None
-    if change.keep_effective_batch and "gradient_accumulation_steps" in updates:
-        per_process = config.batch_size * config.gradient_accumulation_steps
-        accum = updates["gradient_accumulation_steps"]
-        if per_process % accum:
-            return None
-        updates["batch_size"] = per_process // accum
-    return config.with_changes(**updates)
-
-
-def _halve_micro_batch(config: TrainingConfig) -> TrainingConfig | None:
-    # Largest divisor of the per-process batch that is at most half the micro-batch: micro x accum
-    # stays exactly the same (never int(b * 0.9), which drifts the effective batch; reference section 2).
-    per_process = config.batch_size * config.gradient_accumulation_steps
-    for micro in range(config.batch_size // 2, 0, -1):
-        if per_process % micro == 0:
-            return config.with_changes(batch_size=micro, gradient_accumulation_steps=per_process // micro)
-    return None
-
-
-def _halve_sequence(config: TrainingConfig) -> TrainingConfig | None:
-    # Each block is cut in two and the micro-batch keeps its count of sequences, so the optimizer
-    # step sees the same tokens in twice as many, half as long, sequences (accumulation doubles).
-    seq = config.max_sequence_length
-    if seq % 2 or seq // 2 < MIN_SEQUENCE_LENGTH:
-        return None
-    return config.with_changes(max_sequence_length=seq // 2,
-                               gradient_accumulation_steps=config.gradient_accumulation_steps * 2)
+    return apply_change(config, rule, in_flight=True)
 
 
 def step_up(config: TrainingConfig, history: list[TrainingConfig]) -> TrainingConfig | None:
