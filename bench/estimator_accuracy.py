@@ -2,6 +2,7 @@
 
     python bench/estimator_accuracy.py            # full matrix (~15 min on 2 cores)
     python bench/estimator_accuracy.py --quick    # 6 rows, for iteration
+    python bench/estimator_accuracy.py --family gpt2-4x256 --also-ckpt-batch 8   # a subset
 
 "Measured" is the benchmark protocol in overseer_plan/_measure.py (fresh subprocess, ru_maxrss
 growth over the post-import RSS, 3 AdamW steps). Predictions use the shipped calibration
@@ -44,10 +45,16 @@ TIMING_MODELS = ["llama-3.2-1b", "qwen2-0.5b", "llama-2-7b"]
 _NOTES_MARKER = "<!-- analysis (hand-written, kept across re-runs) -->"
 
 
-def _rows(quick: bool) -> list[tuple[str, int, int, bool, str]]:
+def _rows(quick: bool, families: list[str] | None = None,
+          also_ckpt_batch: int | None = None) -> list[tuple[str, int, int, bool, str]]:
+    """The matrix rows: all, `--quick`, or every row of `families` plus, from the other families,
+    the checkpointed rows at batch `also_ckpt_batch`."""
     if quick:
         return QUICK
-    return list(itertools.product(FAMILIES, BATCHES, SEQS, CKPT, PRECISION))
+    rows = list(itertools.product(FAMILIES, BATCHES, SEQS, CKPT, PRECISION))
+    if families:
+        rows = [r for r in rows if r[0] in families or (r[3] and r[1] == also_ckpt_batch)]
+    return rows
 
 
 def _time_traced(model: str) -> dict:
@@ -66,6 +73,10 @@ def _time_traced(model: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="6 rows (fp32, seq 512, batch 1 and 8) instead of 72")
+    ap.add_argument("--family", action="append", choices=sorted(FAMILIES),
+                    help="only this family's rows (repeatable); default all")
+    ap.add_argument("--also-ckpt-batch", type=int, default=None,
+                    help="with --family: also the other families' checkpointed rows at this batch size")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "estimator_accuracy.md"))
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--noise", type=int, default=3, help="re-measure this many rows to show run-to-run noise")
@@ -80,7 +91,7 @@ def main() -> None:
 
     rows = []
     t_start = time.time()
-    for fam, b, s, ckpt, prec in _rows(args.quick):
+    for fam, b, s, ckpt, prec in _rows(args.quick, args.family, args.also_ckpt_batch):
         cfg = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt, precision=prec)
         job = {"config": FAMILIES[fam], "batch_size": b, "seq_len": s, "gradient_checkpointing": ckpt,
                "precision": prec, "steps": 3}
@@ -130,6 +141,8 @@ def _report(rows: list[dict], noise: list, timing: dict, args: argparse.Namespac
 
     mib = 2**20
     cmd = "python bench/estimator_accuracy.py" + (" --quick" if args.quick else "")
+    cmd += "".join(f" --family {f}" for f in args.family or [])
+    cmd += f" --also-ckpt-batch {args.also_ckpt_batch}" if args.also_ckpt_batch else ""
     out = [
         "# Estimator accuracy (CPU)",
         "",

@@ -226,6 +226,58 @@ def _resolve(model: Any) -> tuple[PretrainedConfig, str, str]:
     return hit
 
 
+def _trace_cache_key(fingerprint: str, cfg: EstimateConfig, device: str) -> str:
+    """Everything a traced result depends on: config, settings, device, library versions and
+    the tracer's own code (so an edited trace.py / calibration.py never reuses stale results)."""
+    import hashlib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    for part in (fingerprint, cfg.model_dump_json(), device, version("torch"), version("transformers")):
+        h.update(part.encode() + b"\0")
+    here = Path(__file__).parent
+    for name in ("trace.py", "calibration.py", "estimate.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:40]
+
+
+def _trace_cache_path(key: str) -> Any:
+    from overseer_plan.calibration import cache_dir
+
+    return cache_dir() / "traces" / f"{key}.json"
+
+
+def _read_trace_cache(key: str) -> dict[str, Any] | None:
+    """A cached traced result (validated), or None."""
+    import json
+
+    try:
+        data = json.loads(_trace_cache_path(key).read_text(encoding="utf-8"))
+        if data.get("key") != key:
+            return None
+        got = data["result"]
+        int(got["live"]), float(got["churn"]), float(got["wall_s"]), str(got["phase"])
+        if got["sim_peak"] is not None:
+            float(got["sim_peak"])
+        if not isinstance(got["parts"], dict) or not isinstance(got["depths"], list):
+            return None
+        return got
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _write_trace_cache(key: str, result: dict[str, Any]) -> None:
+    import json
+
+    from overseer_plan._io import atomic_write_text
+
+    try:
+        atomic_write_text(_trace_cache_path(key), json.dumps({"key": key, "result": result}))
+    except OSError:
+        pass
+
+
 def estimate(
     model: Any,
     config: EstimateConfig | None = None,
@@ -281,24 +333,38 @@ def estimate(
         }
         phase, trainable = mem.peak_phase, mem.trainable_params
         sim_peak = float(live)
+        churn = _analytic.heap_churn_estimate(shape, cfg, device, mem.trainable_params) if device == "cpu" else 0.0
     else:
-        from overseer_plan.calibration import simulate_glibc
+        from overseer_plan.calibration import heap_churn, simulate_glibc
         from overseer_plan.trace import trace_peak
 
-        tr = trace_peak(hf_config, cfg, device=device)
-        live, parts, phase = tr.live_peak_bytes, tr.breakdown, tr.peak_phase
         trainable = (
             _analytic.lora_params(shape, cfg.lora.rank, cfg.lora.targets) if cfg.lora else shape.num_params
         )
-        sim_peak = tr.extrapolate([simulate_glibc(r.events) for r in tr.runs]) if device == "cpu" else live
-        if len(tr.runs) > 1:
+        cache_key = _trace_cache_key(fingerprint, cfg, device)
+        got = _read_trace_cache(cache_key)
+        if got is None:
+            tr = trace_peak(hf_config, cfg, device=device)
+            got = {
+                "live": tr.live_peak_bytes, "parts": tr.breakdown, "phase": tr.peak_phase,
+                "sim_peak": tr.extrapolate([simulate_glibc(r.events) for r in tr.runs]) if device == "cpu" else None,
+                "churn": tr.extrapolate([heap_churn(r.events) for r in tr.runs]) if device == "cpu" else 0.0,
+                "depths": [r.num_layers for r in tr.runs], "wall_s": tr.wall_s,
+            }
+            _write_trace_cache(cache_key, got)
+        else:
+            notes.append("trace: reused this machine's cached result for the same config and versions")
+        live, parts, phase = int(got["live"]), {k: int(v) for k, v in got["parts"].items()}, str(got["phase"])
+        sim_peak = float(got["sim_peak"]) if got["sim_peak"] is not None else float(live)
+        churn = float(got["churn"])
+        if len(got["depths"]) > 1:
             notes.append(
-                f"traced at {tr.runs[0].num_layers} and {tr.runs[1].num_layers} layers, extrapolated to {tr.num_layers}"
+                f"traced at {got['depths'][0]} and {got['depths'][1]} layers, extrapolated to {shape.num_layers}"
             )
-        notes.append(f"trace took {tr.wall_s:.1f} s")
+        notes.append(f"trace took {float(got['wall_s']):.1f} s")
 
     if device == "cpu":
-        peak = cpu_rss_from_sim(sim_peak, cal)
+        peak = cpu_rss_from_sim(sim_peak, cal, churn)
         host = peak + cal.import_rss_bytes
         notes.append("cpu: peak_bytes is RSS growth over the post-import baseline; host_peak adds the baseline")
     else:

@@ -1,7 +1,7 @@
 """Traced dry run: run the real HF training step on fake tensors and log every allocation.
 
 The real `AutoModelForCausalLM` class is built from the config inside
-`FakeTensorMode` (no storage is ever allocated), and two optimizer steps of the
+`FakeTensorMode` (no storage is ever allocated), and the three optimizer steps of the
 measurement protocol (`overseer_plan/_measure.py`) run under a TorchDispatchMode that
 records each new tensor storage and its release, in program order, with phase marks.
 From that log we get the live-tensor peak, its phase and a breakdown by category; the
@@ -17,7 +17,13 @@ report the same peak. Traps handled (see /work/shared/reference/estimators.md, S
   the caller add the CUDA-side terms (512-byte rounding, context, cuBLAS workspace).
 - Fake tensors make SDPA pick the math kernel (it materialises seq x seq probabilities);
   `aten._fused_sdp_choice` is answered from stride-0 real tensors of the same shape so
-  the trace takes the kernel a real run would take.
+  the trace takes the kernel a real run would take *on CPU*.
+- For device='cuda' the CPU kernels are the wrong model: CPU SDPA with dropout takes the
+  math path (s x s probabilities, 80 GiB instead of 25 GiB for GPT-2 32 x 1024 fp16) and
+  CPU dropout saves a full-width noise tensor. `_cuda_kernels` swaps
+  `F.scaled_dot_product_attention` and `F.dropout` for stand-ins with the memory of the
+  CUDA kernels (flash attention; fused dropout with a 1-byte mask); eager attention is
+  untouched and materialises s x s on both devices.
 - Large models: fake ops cost time per op, not per byte, so only the layer count matters;
   above `_FULL_TRACE_MAX_LAYERS` we trace two reduced depths and callers extrapolate each
   quantity linearly in L (`TraceResult.extrapolate`).
@@ -25,8 +31,10 @@ report the same peak. Traps handled (see /work/shared/reference/estimators.md, S
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import resource
+import threading
 import time
 import warnings
 import weakref
@@ -39,6 +47,12 @@ if TYPE_CHECKING:
     from overseer_plan.estimate import EstimateConfig
 
 _FULL_TRACE_MAX_LAYERS = 6
+# Optimizer steps traced: the measurement protocol's 3 (overseer_plan/_measure.py). The live-tensor
+# peak is the same from step 2 on, but the heap replay is not in steady state after 2 steps:
+# replaying the third step raised the predicted RSS of the GPT-2-style checkpointed rows by up to
+# 7 points (bench/results/estimator_accuracy.md, 2026-11-24), as glibc's heap keeps growing step
+# over step in the real process too (main arena 634 -> 730 -> 858 MiB after backward 1/2/3).
+_STEPS = 3
 _REDUCED_LAYERS = (2, 4)
 _CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations", "temporaries")
 
@@ -46,10 +60,11 @@ _CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations", "te
 class _AllocLog:
     """TorchDispatchMode recording new storages and their release (via weakref callbacks)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
         from torch.utils._python_dispatch import TorchDispatchMode
 
         log = self
+        self.device = device
 
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -98,7 +113,7 @@ class _AllocLog:
             # `.item()` on a fake tensor has no value (e.g. Adafactor's parameter norm). Memory
             # does not depend on it; answer 1 so the step goes on.
             return True if args[0].dtype == torch.bool else 1 if not args[0].is_floating_point() else 1.0
-        scratch = _kernel_scratch_bytes(func, args)
+        scratch = _kernel_scratch_bytes(func, args) if self.device == "cpu" else 0
         if scratch:
             # A buffer the real kernel allocates and frees inside the op (invisible to dispatch).
             key, self._next = self._next, self._next + 1
@@ -117,7 +132,8 @@ def _kernel_scratch_bytes(func: Any, args: tuple) -> int:
 
     Measured on torch 2.13 CPU: dropout's `bernoulli_` draws its samples into a 4-byte-per-
     element buffer (F.dropout on a 32 MiB fp32 tensor peaks at +65 MiB: 32 MiB output + 32 MiB
-    samples; `native_dropout` at +72.6 MiB with the 8 MiB bool mask).
+    samples; `native_dropout` at +72.6 MiB with the 8 MiB bool mask). CUDA's kernels draw
+    Philox randoms in registers (aten/src/ATen/native/cuda/Dropout.cu), so none for cuda.
     """
     import torch
 
@@ -126,6 +142,129 @@ def _kernel_scratch_bytes(func: Any, args: tuple) -> int:
         if isinstance(x, torch.Tensor) and (func is not torch.ops.aten.native_dropout.default or args[2]):
             return int(x.numel()) * 4
     return 0
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Any:
+    """Silence transformers' logger (warnings such as "`loss_type=None` was set in the config but
+    it is unrecognized") while we build and run models, so `--json` output stays clean."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
+_KERNEL_PATCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _cuda_kernels() -> Any:
+    """Give attention and dropout the memory of their CUDA kernels while tracing.
+
+    The trace runs on fake CPU tensors (fake CUDA cannot run backward without a GPU), but on
+    CUDA two ops keep very different tensors than their CPU kernels:
+
+    - `F.scaled_dot_product_attention`: with fp16/bf16 inputs, head_dim <= 256 and no mask,
+      torch picks FlashAttention-2 (also with dropout: the mask is regenerated from the
+      Philox seed in backward); otherwise usually the memory-efficient kernel. Both save only
+      the output and a logsumexp of [b, h, s] fp32 (torch `_scaled_dot_product_flash_attention`
+      / `_efficient_attention_forward`; Dao 2023, arXiv 2307.08691). Their backward returns
+      dq, dk, dv and allocates scratch: flash-attn's `mha_bwd` (csrc/flash_attn/flash_api.cpp)
+      takes `softmax_d` [b, h, s] fp32 and `dq_accum` (q-shaped, fp32), and with GQA the
+      expanded dk/dv of q's head count before summing them down. The CPU math path instead
+      materialises b x h x s x s probabilities (and dropout masks of that size).
+    - `F.dropout`: CUDA runs the fused `native_dropout` kernel (output + 1-byte bool mask;
+      Korthikanti et al. 2022, arXiv 2205.05198, count 1 byte per element); CPU runs
+      `_dropout_impl`, which saves a noise tensor in the input's dtype.
+
+    Mechanism: the two `torch.nn.functional` attributes are swapped for stand-ins for the
+    duration of the trace (HF code looks them up at call time: `nn.Dropout.forward`,
+    transformers/integrations/sdpa_attention.py) and restored afterwards; a lock serialises
+    traces. A TorchFunctionMode would be thread-local, but a mode is switched off while its
+    handler runs, so `loss.backward()` (intercepted like any torch function) would recompute
+    checkpointed blocks without it. Eager attention calls neither function for its s x s
+    product, so it keeps materialising s x s probabilities here, as it does on a GPU.
+    Known gap: fp32 inputs with GQA on CUDA may take the math kernel there; we model the
+    efficient kernel.
+    """
+    import torch
+
+    f = torch.nn.functional
+    with _KERNEL_PATCH_LOCK:
+        saved = f.scaled_dot_product_attention, f.dropout
+        f.scaled_dot_product_attention, f.dropout = _cuda_sdpa, _cuda_dropout
+        try:
+            yield
+        finally:
+            f.scaled_dot_product_attention, f.dropout = saved
+
+
+def _cuda_sdpa(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,
+               is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> Any:
+    """Memory stand-in for CUDA flash / memory-efficient SDPA (see `_cuda_kernels`)."""
+    import torch
+
+    if torch.is_autocast_enabled("cpu"):
+        # Autocast lists SDPA as a lower-precision op on CUDA (aten/src/ATen/autocast_mode.cpp):
+        # fp32 inputs (e.g. rotary outputs) are cast, as the dispatcher would.
+        low = torch.get_autocast_dtype("cpu")
+        query, key, value = (x.to(low) if x.dtype == torch.float32 else x for x in (query, key, value))
+    with torch.autocast("cpu", enabled=False):
+        return _FlashAttention.apply(query, key, value)
+
+
+def _cuda_dropout(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
+    """CUDA's dropout: the fused `native_dropout` kernel (output + 1-byte mask) when it applies."""
+    import torch
+
+    if training and 0.0 < p < 1.0 and input.numel() > 0:
+        return torch.native_dropout(input, p, True)[0]
+    return input if not training or p == 0.0 else torch.zeros_like(input)
+
+
+def _flash_attention_function() -> Any:
+    import torch
+
+    class FlashAttention(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, q: Any, k: Any, v: Any) -> Any:
+            out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+            lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+            ctx.save_for_backward(q, k, v, out, lse)
+            return out
+
+        @staticmethod
+        def backward(ctx: Any, dout: Any) -> Any:
+            q, k, v, out, lse = ctx.saved_tensors
+            softmax_d = torch.empty_like(lse)
+            dq_accum = torch.empty_like(q, dtype=torch.float32)
+            grouped = k.shape[1] != q.shape[1]
+            dk_exp = q.new_empty((*q.shape[:-1], k.shape[-1])) if grouped else None
+            dv_exp = q.new_empty((*q.shape[:-1], v.shape[-1])) if grouped else None
+            dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+            del softmax_d, dq_accum, dk_exp, dv_exp
+            return dq, dk, dv
+
+    return FlashAttention
+
+
+class _LazyFunction:
+    """Build the autograd.Function on first use (keeps `import torch` out of module import)."""
+
+    def __init__(self, factory: Any) -> None:
+        self._factory, self._fn = factory, None
+
+    def apply(self, *args: Any) -> Any:
+        if self._fn is None:
+            self._fn = self._factory()
+        return self._fn.apply(*args)
+
+
+_FlashAttention = _LazyFunction(_flash_attention_function)
 
 
 def _real_sdp_choice(func: Any, args: tuple, kwargs: dict) -> Any:
@@ -237,7 +376,7 @@ def _EightBitAdamStandIn(params: list) -> Any:
 
 
 def _run(config: PretrainedConfig, cfg: EstimateConfig, device: str, num_layers: int) -> tuple[_AllocLog, dict]:
-    """Build the model on fake tensors and run two optimizer steps under the allocation log."""
+    """Build the model on fake tensors and run `_STEPS` optimizer steps under the allocation log."""
     import torch
     import transformers
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -245,13 +384,14 @@ def _run(config: PretrainedConfig, cfg: EstimateConfig, device: str, num_layers:
     config = copy.deepcopy(config)
     _set_num_layers(config, num_layers)
     config.use_cache = False
-    log = _AllocLog()
+    log = _AllocLog(device)
     info: dict[str, Any] = {"param_keys": set(), "grad_keys": set(), "opt_keys": set()}
     dtype = torch.bfloat16 if cfg.precision == "bf16-pure" else torch.float32
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     amp_device = "cpu"  # traced on fake CPU (see module docstring)
     b, s, ga, vocab = cfg.batch_size, cfg.seq_len, cfg.grad_accum, int(config.vocab_size)
-    with FakeTensorMode(allow_non_fake_inputs=True), log.mode:
+    kernels = _cuda_kernels() if device == "cuda" else contextlib.nullcontext()
+    with quiet_transformers(), FakeTensorMode(allow_non_fake_inputs=True), log.mode, kernels:
         model = transformers.AutoModelForCausalLM.from_config(
             config, attn_implementation=cfg.attention, dtype=dtype
         )
@@ -265,7 +405,7 @@ def _run(config: PretrainedConfig, cfg: EstimateConfig, device: str, num_layers:
         trainable = [p for p in model.parameters() if p.requires_grad]
         info["param_keys"] = {log.storage_key(p) for p in model.parameters()}
         opt = _make_optimizer(cfg.optimizer, trainable, device)
-        for it in range(2):
+        for it in range(_STEPS):
             for _ in range(ga):
                 log.mark(f"forward{it}")
                 ids = torch.randint(0, vocab, (b, s))
@@ -376,7 +516,7 @@ class TraceResult:
 
 
 def trace_peak(config: PretrainedConfig, cfg: EstimateConfig, *, device: str = "cpu") -> TraceResult:
-    """Dry-run two training steps of `config` under `cfg` on fake tensors and log their memory.
+    """Dry-run the protocol's training steps of `config` under `cfg` on fake tensors and log their memory.
 
     Models deeper than `_FULL_TRACE_MAX_LAYERS` are traced at two reduced depths; callers
     extrapolate any per-run quantity linearly in the layer count (`TraceResult.extrapolate`):

@@ -83,3 +83,28 @@ def test_fit_cpu_factors_recovers_a_line():
 
 def test_calibration_path_honours_env(tmp_path):
     assert cal_mod.calibration_path() == tmp_path / "calibration.json"
+
+
+def test_fit_churn_factors_recovers_fraction_and_constant():
+    from overseer_plan.calibration import fit_churn_factors
+
+    pts = [(sim, churn, sim + 0.05 * churn + 120 * MiB) for sim, churn in
+           [(100 * MiB, 200 * MiB), (300 * MiB, 900 * MiB), (500 * MiB, 1600 * MiB)]]
+    frac, const = fit_churn_factors(pts)
+    assert frac == pytest.approx(0.05) and const == pytest.approx(120 * MiB, abs=1)
+
+
+def test_heap_churn_counts_the_last_step_below_the_mmap_cap():
+    from overseer_plan.calibration import heap_churn
+
+    ev = [(0, 0, "forward0"), (1, 4 * MiB, "forward0"), (1, -4 * MiB, "backward0"),
+          (0, 0, "forward1"), (2, 2 * MiB, "forward1"), (3, 64 * MiB, "forward1"), (0, 0, "optimizer1"),
+          (4, 1 * MiB, "optimizer1"), (2, -2 * MiB, "optimizer1"), (0, 0, "done")]
+    assert heap_churn(ev) == 3 * MiB  # step 1 only; the 64 MiB block is mmapped, not heap
+
+
+def test_churn_allowance_adds_to_the_cpu_peak():
+    from overseer_plan.calibration import cpu_rss_from_sim
+
+    base = cpu_rss_from_sim(100 * MiB, DEFAULTS)
+    assert cpu_rss_from_sim(100 * MiB, DEFAULTS, 1000 * MiB) == base + round(DEFAULTS.cpu.churn_fraction * 1000 * MiB)

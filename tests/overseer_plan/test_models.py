@@ -94,3 +94,21 @@ def test_bad_models_are_one_line_user_errors(ref, words):
         resolve_model_config(ref)
     assert words in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_census_is_cached_on_disk_and_validated(tmp_path, monkeypatch):
+    from overseer_plan import _analytic
+
+    monkeypatch.setenv("OVERSEER_CACHE_DIR", str(tmp_path))
+    config = resolve_model_config(TINY["llama"])
+    fp = config_fingerprint(config)
+    monkeypatch.setattr(_analytic, "_SHAPES", {})
+    built = model_shape(config, fp)
+    files = list((tmp_path / "census").glob("*.json"))
+    assert len(files) == 1
+    monkeypatch.setattr(_analytic, "_SHAPES", {})
+    monkeypatch.setattr(_analytic, "_census", lambda c: pytest.fail("census rebuilt despite the disk cache"))
+    assert model_shape(config, fp) == built
+    files[0].write_text('{"format": 1, "fingerprint": "x"')  # truncated: ignored, rebuilt
+    monkeypatch.setattr(_analytic, "_SHAPES", {})
+    assert _analytic._read_census(fp) is None

@@ -33,10 +33,12 @@ def test_analytic_and_traced_agree(family, settings):
     c = EstimateConfig(**settings)
     a = estimate(SMALL[family], c, method="analytic")
     t = estimate(SMALL[family], c, method="traced")
-    # Both model the same live tensors; the traced CPU peak also replays the allocator
-    # (heap fragmentation), which the closed form leaves to the calibrated scale.
+    # Both model the same live tensors; the traced CPU peak also replays the allocator and adds
+    # the heap-churn fragmentation allowance (calibration.heap_churn), which the closed form
+    # lacks; checkpointing's recompute churns the most, so its peaks differ more.
     assert a.live_tensor_bytes == pytest.approx(t.live_tensor_bytes, rel=0.10)
-    assert a.peak_bytes == pytest.approx(t.peak_bytes, rel=0.15)
+    tol = 0.25 if c.gradient_checkpointing else 0.15
+    assert t.peak_bytes * (1 - tol) <= a.peak_bytes <= t.peak_bytes * (1 + 0.15)
 
 
 def test_trace_peak_equals_memtracker():
@@ -104,3 +106,22 @@ def test_analytic_and_traced_agree_across_settings(settings):
     t = estimate(SMALL["llama"], c, method="traced")
     assert a.live_tensor_bytes == pytest.approx(t.live_tensor_bytes, rel=0.10)
     assert a.breakdown.optimizer_states == pytest.approx(t.breakdown.optimizer_states, rel=0.02)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_trace_models_flash_attention_not_the_cpu_math_path(family, precision):
+    # GPT-2 has attention dropout, which sends CPU SDPA to the math kernel (s x s probabilities);
+    # on CUDA flash / memory-efficient attention keeps only output + logsumexp.
+    c = EstimateConfig(batch_size=8, seq_len=512, precision=precision)
+    a = estimate(SMALL[family], c, device="cuda", method="analytic")
+    t = estimate(SMALL[family], c, device="cuda", method="traced")
+    assert t.live_tensor_bytes == pytest.approx(a.live_tensor_bytes, rel=0.10)
+    assert t.breakdown.activations == pytest.approx(a.breakdown.activations, rel=0.10)
+    s2 = 8 * int(resolve_model_config(SMALL[family]).num_attention_heads) * 512 * 512 * 2
+    eager = estimate(SMALL[family], c.model_copy(update={"attention": "eager"}), device="cuda", method="traced")
+    # eager still materialises the s x s probabilities on CUDA (fp32 softmax + 16-bit copy per layer)
+    assert eager.breakdown.activations - t.breakdown.activations > 2 * s2
+    if family == "gpt2":
+        cpu = estimate(SMALL[family], c, device="cpu", method="traced")
+        assert cpu.breakdown.activations - t.breakdown.activations > 2 * s2
