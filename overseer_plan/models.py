@@ -62,10 +62,32 @@ def list_catalogue() -> list[CatalogueEntry]:
     return sorted(_catalogue().values(), key=lambda e: e.name)
 
 
-def _causal_lm_types() -> set[str]:
+@lru_cache(maxsize=1)
+def _causal_lm_types() -> frozenset[str]:
+    """Model types with an AutoModelForCausalLM class, cached on disk per transformers version.
+
+    Importing transformers' modeling_auto to read this list costs ~1.5 s (it pulls in the
+    modeling stack); the list only changes with the transformers version.
+    """
+    from importlib.metadata import version
+
+    from overseer_plan._io import atomic_write_text, cache_root
+
+    path = cache_root() / f"causal-lm-types-{version('transformers')}.json"
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(cached, list) and all(isinstance(x, str) for x in cached) and cached:
+            return frozenset(cached)
+    except (OSError, ValueError):
+        pass
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    types = sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    try:
+        atomic_write_text(path, json.dumps(types))
+    except OSError:
+        pass  # a read-only cache only costs time
+    return frozenset(types)
 
 
 def _from_dict(data: Any, *, origin: str) -> PretrainedConfig:
@@ -138,7 +160,26 @@ def _from_hub(name: str) -> PretrainedConfig:
     )
 
 
+_RESOLVED: dict[tuple[str, int], PretrainedConfig] = {}
+
+
 def resolve_model_config(name_or_path: Any) -> PretrainedConfig:
+    """Like `_resolve_model_config`, memoised per name/path (and the file's mtime) within a process."""
+    if isinstance(name_or_path, (str, Path)):
+        text = str(name_or_path).strip()
+        try:
+            target = Path(text).expanduser()
+            stamp = (target / "config.json" if target.is_dir() else target).stat().st_mtime_ns
+        except OSError:
+            stamp = 0
+        key = (text, stamp)
+        if key not in _RESOLVED:
+            _RESOLVED[key] = _resolve_model_config(name_or_path)
+        return _RESOLVED[key]
+    return _resolve_model_config(name_or_path)
+
+
+def _resolve_model_config(name_or_path: Any) -> PretrainedConfig:
     """Resolve a model reference to a causal-LM `PretrainedConfig` (config only, no weights).
 
     Args:
