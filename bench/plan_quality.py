@@ -160,7 +160,8 @@ def main() -> None:
         return worker_measure(d, int(m), bool(int(gc)), prec, int(steps))
     model_dir = tempfile.mkdtemp(prefix="overseer-bench-model-")
     (Path(model_dir) / "config.json").write_text(json.dumps(MODEL_CONFIG))
-    micro = [4, 8, 16, 32] if a.quick else [1, 2, 4, 8, 16, 32, 64]
+    divisors = [d for d in range(1, EFFECTIVE_BATCH + 1) if EFFECTIVE_BATCH % d == 0]  # accumulation stays whole
+    micro = divisors[1::2] if a.quick else divisors
     report = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, no GPU", "model": MODEL_CONFIG,
               "effective_batch": EFFECTIVE_BATCH, "seq": SEQ, "caps": []}
     for cap in a.caps:

@@ -147,22 +147,25 @@ class _Evaluator:
     def device_for(self, cfg: TrainingConfig) -> str:
         return self.device if cfg.use_gpu else "cpu"
 
-    def peak(self, cfg: TrainingConfig) -> int:
+    def _estimate(self, cfg: TrainingConfig) -> Any:
         from overseer_plan.plan import estimate_for
 
         key = cfg.model_dump_json() + self.device_for(cfg)
         if key not in self._cache:
             self._cache[key] = estimate_for(self.model, cfg, self.device_for(cfg), num_processes=self.n)
-        return int(self._cache[key].peak_bytes)
+        return self._cache[key]
+
+    def peak(self, cfg: TrainingConfig) -> int:
+        return int(self._estimate(cfg).peak_bytes)
 
     def speed(self, cfg: TrainingConfig) -> float:
-        from overseer_plan.plan import Candidate, throughput_score
+        from overseer_plan.plan import Candidate, _transient_bytes, throughput_score
 
         c = Candidate(device=self.device_for(cfg), batch_size=cfg.batch_size,
                       gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                       gradient_checkpointing=cfg.gradient_checkpointing, precision=cfg.precision(),
                       max_sequence_length=cfg.max_sequence_length)
-        return throughput_score(c, self.hw.cpu.has_native_bf16())
+        return throughput_score(c, self.hw.cpu.has_native_bf16(), _transient_bytes(self._estimate(cfg)))
 
     def budget(self, cfg: TrainingConfig) -> int:
         from overseer_plan.plan import budgets

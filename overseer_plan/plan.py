@@ -159,13 +159,24 @@ def budgets(hw: Hardware, cfg: TrainingConfig, device: Device) -> tuple[int, int
 # pass (forward ~1/3 of forward+backward FLOPs, so x4/3 time; Korthikanti et al. 2205.05198
 # report 30-40% for full recompute). 16-bit matmuls run ~2x faster on tensor cores; on CPUs
 # only with native bf16 (AVX512-BF16/AMX).
-_T_HALF = {"cuda": 4096, "mps": 2048, "cpu": 128}
+#
+# On CPUs, throughput also *falls* once a micro-batch's transient tensors (activations, logits)
+# outgrow the caches and glibc's mmap threshold: every large buffer then comes back as fresh,
+# page-faulted memory each step. Measured with bench/plan_quality.py (GPT-2-style 4x256 model,
+# seq 256, 2-core EPYC, bf16): micro-batch 4 was fastest, 32 ran at 0.67x of it. The penalty
+# 1 / (1 + transient / _CPU_TRANSIENT_BYTES) with the estimator's transient bytes fits that curve
+# within ~5% (micro 1..32); GPUs have no such cliff at these sizes.
+_T_HALF = {"cuda": 4096, "mps": 2048, "cpu": 160}
 _DEVICE_SPEED = {"cuda": 20.0, "mps": 4.0, "cpu": 1.0}
+_CPU_TRANSIENT_BYTES = 1.29e9
 
 
-def throughput_score(c: Candidate, cpu_native_bf16: bool = False) -> float:
+def throughput_score(c: Candidate, cpu_native_bf16: bool = False, transient_bytes: int = 0) -> float:
+    """Relative tokens/s of a candidate; `transient_bytes` = its estimated activations + temporaries."""
     tokens = c.batch_size * c.max_sequence_length
     eff = tokens / (tokens + _T_HALF[c.device])
+    if c.device == "cpu":
+        eff /= 1 + transient_bytes / _CPU_TRANSIENT_BYTES
     if c.precision == "fp32":
         speed = 1.0
     elif c.device == "cpu":
@@ -347,7 +358,7 @@ def _judge(hw: Hardware, wl: Workload, base: TrainingConfig, model: str, c: Cand
     est = estimate_for(model, cfg, c.device, num_processes=wl.num_processes)
     dev_budget, host_budget = budgets(hw, cfg, c.device)
     c.peak_bytes, c.host_peak_bytes = int(est.peak_bytes), int(est.host_peak_bytes)
-    c.score = throughput_score(c, hw.cpu.has_native_bf16())
+    c.score = throughput_score(c, hw.cpu.has_native_bf16(), _transient_bytes(est))
     from overseer_plan.units import fmt_bytes
 
     if c.peak_bytes > dev_budget:
@@ -355,6 +366,11 @@ def _judge(hw: Hardware, wl: Workload, base: TrainingConfig, model: str, c: Cand
     elif c.host_peak_bytes > host_budget:
         c.rejected = f"needs {fmt_bytes(c.host_peak_bytes)} of RAM, budget {fmt_bytes(host_budget)}"
     return c
+
+
+def _transient_bytes(est: Any) -> int:
+    """Bytes that come and go within a step (saved activations and temporaries such as logits)."""
+    return int(est.breakdown.activations + est.breakdown.temporaries)
 
 
 def _apply(base: TrainingConfig, c: Candidate) -> TrainingConfig:
