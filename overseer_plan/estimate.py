@@ -348,7 +348,10 @@ def estimate(
             got = {
                 "live": tr.live_peak_bytes, "parts": tr.breakdown, "phase": tr.peak_phase,
                 "sim_peak": tr.extrapolate([simulate_glibc(r.events) for r in tr.runs]) if device == "cpu" else None,
-                "churn": tr.extrapolate([heap_churn(r.events) for r in tr.runs]) if device == "cpu" else 0.0,
+                # Per micro-batch: the allowance was fitted on steps of one micro-batch, and repeating the
+                # same forward/backward within a step reuses the same-size holes (GA=8 otherwise counted 8x).
+                "churn": (tr.extrapolate([heap_churn(r.events) for r in tr.runs]) / cfg.grad_accum
+                          if device == "cpu" else 0.0),
                 "depths": [r.num_layers for r in tr.runs], "wall_s": tr.wall_s,
             }
             _write_trace_cache(cache_key, got)

@@ -140,10 +140,13 @@ ADDRESS_SPACE_SLACK_BYTES = 512 * 1024**2
 
 def budgets(hw: Hardware, cfg: TrainingConfig, device: Device) -> tuple[int, int]:
     """(device budget, host budget) in bytes: the mode's threshold share minus what others hold."""
-    usable = hw.ram.effective_bytes
-    if hw.ram.limit_source == "RLIMIT_AS" and hw.ram.limit_bytes == usable:
-        usable -= ADDRESS_SPACE_SLACK_BYTES
-    host = int(usable * cfg.max_ram_percent / 100) - hw.ram.used_by_others_bytes
+    if hw.ram.limit_source == "RLIMIT_AS" and hw.ram.limit_bytes == hw.ram.effective_bytes:
+        # A per-process address-space cap binds: it is the user's own bound for this process, so
+        # the whole headroom (less the slack) is the budget. The mode's RAM threshold protects the
+        # machine's shared RAM; the monitor enforces it against system RAM while training.
+        host = hw.ram.effective_bytes - ADDRESS_SPACE_SLACK_BYTES
+    else:
+        host = int(hw.ram.effective_bytes * cfg.max_ram_percent / 100) - hw.ram.used_by_others_bytes
     if device == "cpu":
         return max(host, 0), max(host, 0)
     gpu = min(hw.gpus or [], key=lambda g: g.memory_total_bytes)
