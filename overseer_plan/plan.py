@@ -132,10 +132,18 @@ def choose_mode(hw: Hardware, workload: Workload, rulebook: Rulebook) -> tuple[s
 # ---------------------------------------------------------------- budgets
 # An address-space limit (RLIMIT_AS, `ulimit -v`) counts virtual memory, and a training process
 # maps more than it touches: importing torch 2.13 + transformers 5 adds 0.60 GiB of virtual size
-# against 0.22 GiB resident, and malloc arenas add ~0.07 GiB more during a step (measured on this
-# project's 2-core CPU box, see BENCHMARKS.md). The estimator predicts resident memory, so under
-# RLIMIT_AS that gap is taken off the budget first.
-ADDRESS_SPACE_SLACK_BYTES = 512 * 1024**2
+# against 0.22 GiB resident (measured here), and glibc reserves a 64 MiB heap (HEAP_MAX_SIZE on
+# 64-bit) for each thread that allocates: the main thread and torch's intra-op threads. The
+# estimator predicts resident memory, so under RLIMIT_AS that gap is taken off the budget first.
+# Checked with bench/plan_quality.py: the real gap lay between 615 and 733 MB on 2 cores; this
+# gives 631 MB.
+_IMPORT_VIRTUAL_GAP_BYTES = 400 * 1024**2
+_ARENA_BYTES = 64 * 1024**2
+
+
+def address_space_slack(hw: Hardware) -> int:
+    """Virtual bytes a training process maps beyond its resident memory (see above)."""
+    return _IMPORT_VIRTUAL_GAP_BYTES + _ARENA_BYTES * (hw.cpu.usable_cores + 1)
 
 
 def budgets(hw: Hardware, cfg: TrainingConfig, device: Device) -> tuple[int, int]:
@@ -144,7 +152,7 @@ def budgets(hw: Hardware, cfg: TrainingConfig, device: Device) -> tuple[int, int
         # A per-process address-space cap binds: it is the user's own bound for this process, so
         # the whole headroom (less the slack) is the budget. The mode's RAM threshold protects the
         # machine's shared RAM; the monitor enforces it against system RAM while training.
-        host = hw.ram.effective_bytes - ADDRESS_SPACE_SLACK_BYTES
+        host = hw.ram.effective_bytes - address_space_slack(hw)
     else:
         host = int(hw.ram.effective_bytes * cfg.max_ram_percent / 100) - hw.ram.used_by_others_bytes
     if device == "cpu":
