@@ -344,13 +344,17 @@ def estimate(
         cache_key = _trace_cache_key(fingerprint, cfg, device)
         got = _read_trace_cache(cache_key)
         if got is None:
-            tr = trace_peak(hf_config, cfg, device=device)
+            # Two micro-batches per step show everything accumulation does to memory (gradients
+            # stay alive from the first micro-batch on; each later one repeats the same pattern),
+            # and tracing GA=32 would cost 16x the time for the same peak.
+            traced_cfg = cfg.model_copy(update={"grad_accum": min(cfg.grad_accum, 2)})
+            tr = trace_peak(hf_config, traced_cfg, device=device)
             got = {
                 "live": tr.live_peak_bytes, "parts": tr.breakdown, "phase": tr.peak_phase,
                 "sim_peak": tr.extrapolate([simulate_glibc(r.events) for r in tr.runs]) if device == "cpu" else None,
                 # Per micro-batch: the allowance was fitted on steps of one micro-batch, and repeating the
                 # same forward/backward within a step reuses the same-size holes (GA=8 otherwise counted 8x).
-                "churn": (tr.extrapolate([heap_churn(r.events) for r in tr.runs]) / cfg.grad_accum
+                "churn": (tr.extrapolate([heap_churn(r.events) for r in tr.runs]) / traced_cfg.grad_accum
                           if device == "cpu" else 0.0),
                 "depths": [r.num_layers for r in tr.runs], "wall_s": tr.wall_s,
             }

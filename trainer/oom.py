@@ -42,6 +42,8 @@ OOM_SIGNATURES: list[tuple[str, Verdict, str]] = [
     ("CUDNN_STATUS_INTERNAL_ERROR", "probable", "cuDNN needs ~500 MB to load kernels (pytorch #81620)"),
     ("CUDNN_STATUS_NOT_SUPPORTED", "probable", "cuDNN with very large batches (pytorch #4107)"),
     ("unhandled cuda error", "probable", "NCCL DistBackendError hiding a CUDA OOM"),
+    ("could not create a primitive", "probable",
+     "oneDNN (CPU) failing to allocate its workspace: seen under a 1.5 GiB RLIMIT_AS cap, bench/plan_quality.py"),
     (" out of memory", "oom", "any other backend's allocator ('... out of memory')"),
 ]
 

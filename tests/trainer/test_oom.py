@@ -27,6 +27,7 @@ CASES = [
     (RuntimeError("FATAL ERROR :: MODULE:PT_DEVMEM Allocation failed"), "oom"),
     (MemoryError(), "oom"),
     (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), "probable"),
+    (RuntimeError("could not create a primitive"), "probable"),  # oneDNN under an address-space cap
     (RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear if you passed in a non-contiguous input."), "probable"),
     (RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"), "probable"),
     (RuntimeError("NCCL error in: ProcessGroupNCCL.cpp:1234, unhandled cuda error"), "probable"),
