@@ -131,8 +131,9 @@ def _psutil_physical() -> int | None:
 
 
 def _default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "overseer"
+    from overseer_plan._io import cache_root
+
+    return cache_root()
 
 
 def _boot_key() -> str:

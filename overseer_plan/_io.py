@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -53,3 +54,14 @@ def cache_root() -> Path:
     """Overseer's per-user cache: $OVERSEER_CACHE_DIR, else ~/.cache/overseer (tokens/, data/, calibration)."""
     env = os.environ.get("OVERSEER_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "overseer"
+
+
+def hash_file(path: Path, hasher: Any = None) -> Any:
+    """Feed a file into `hasher` (a new sha256 by default) in 1 MiB reads, so memory stays flat."""
+    import hashlib
+
+    hasher = hasher if hasher is not None else hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher

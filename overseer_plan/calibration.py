@@ -155,9 +155,10 @@ _CALIBRATION_RUNS: tuple[tuple[dict[str, Any], int, int, bool], ...] = tuple(
 
 
 def cache_dir() -> Path:
-    """Where per-machine files live: $OVERSEER_CACHE_DIR or ~/.cache/overseer."""
-    env = os.environ.get("OVERSEER_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "overseer"
+    """Where per-machine files live: Overseer's cache root ($OVERSEER_CACHE_DIR or ~/.cache/overseer)."""
+    from overseer_plan._io import cache_root
+
+    return cache_root()
 
 
 def calibration_path() -> Path:

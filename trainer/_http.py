@@ -21,7 +21,7 @@ from urllib.parse import urljoin, urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
-from overseer_plan._io import atomic_write_text
+from overseer_plan._io import atomic_write_text, hash_file
 from overseer_plan.errors import UserInputError
 
 ALLOWED_SCHEMES = ("http", "https")
@@ -285,7 +285,7 @@ class Transfer:
             v = Validators.of(resp)
             meta = _PartMeta(url=self.url, etag=v.etag, last_modified=v.last_modified, total_bytes=total)
             atomic_write_text(self.meta_path, meta.model_dump_json())
-        hasher = _hash_file(self.part) if start else hashlib.sha256()
+        hasher = hash_file(self.part) if start else hashlib.sha256()
 
         def on_chunk(chunk: bytes, done: int) -> None:
             hasher.update(chunk)
@@ -310,9 +310,3 @@ def _total_bytes(resp, start: int) -> int | None:
     return start + int(length) if length.isdigit() else None
 
 
-def _hash_file(path: Path):
-    hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            hasher.update(block)
-    return hasher

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from overseer_plan._io import hash_file
 from overseer_plan.errors import UserInputError
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
@@ -42,9 +43,7 @@ class Source:
         for f in files:
             if f.is_file():
                 h.update(f.name.encode())
-                with open(f, "rb") as fh:
-                    for chunk in iter(lambda: fh.read(_PIECE_BYTES), b""):
-                        h.update(chunk)
+                hash_file(f, h)
         return h.hexdigest()
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from overseer_plan._io import atomic_write_bytes, fsync_dir
+from overseer_plan._io import atomic_write_bytes, fsync_dir, hash_file
 from trainer.rounds import RoundRecord
 
 STORE_NAME = "continuous"
@@ -142,11 +142,7 @@ def _write_jsonl(path: Path, texts: Iterable[str], encoder: Any) -> tuple[int, s
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return hash_file(path).hexdigest()
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -16,18 +16,17 @@ final names only when complete.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from overseer_plan._io import hash_file
 from overseer_plan.errors import UserInputError
 from trainer.corpus import Source, find_sources
 
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_HASH_CHUNK_BYTES = 1 << 20
 DATA_CACHE_ENV = "OVERSEER_DATA_DIR"
 
 
@@ -70,11 +69,7 @@ class ContentHasher:
         st = source.path.stat()
         key = (str(source.path.resolve()), st.st_size, st.st_mtime_ns)
         if key not in self._memo:
-            h = hashlib.sha256()
-            with open(source.path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(_HASH_CHUNK_BYTES), b""):
-                    h.update(chunk)
-            self._memo[key] = h.hexdigest()
+            self._memo[key] = hash_file(source.path).hexdigest()
         return self._memo[key], st.st_size
 
 
