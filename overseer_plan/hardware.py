@@ -194,9 +194,6 @@ class Hardware(_Model):
     """What was set by hand (--ram, --gpu-mem, ...) rather than probed."""
 
     # ---- derived values, computed in one place ----
-    def gpu_count(self) -> int:
-        return len(self.gpus or [])
-
     def smallest_gpu_bytes(self) -> int | None:
         """The smallest device memory among usable GPUs (what a data-parallel plan must fit)."""
         if not self.gpus:

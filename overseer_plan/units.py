@@ -51,8 +51,3 @@ def fmt_bytes(n: int | float | None) -> str:
         if n >= size:
             return f"{sign}{n / size:.2f} {unit}" if unit in ("TiB", "GiB") else f"{sign}{n / size:.1f} {unit}"
     return f"{sign}{int(n)} B"
-
-
-def gib(n: int | float) -> float:
-    """Bytes to GiB as a float, for display arithmetic only."""
-    return float(n) / GiB
