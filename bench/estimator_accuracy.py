@@ -40,21 +40,46 @@ FAMILIES = {
                    "max_position_embeddings": 1024},
 }
 BATCHES, SEQS, CKPT, PRECISION = (1, 4, 8), (256, 512), (False, True), ("fp32", "bf16")
-QUICK = [(f, b, 512, False, "fp32") for f in FAMILIES for b in (1, 8)]
+QUICK = [(f, b, 512, False, "fp32", 1) for f in FAMILIES for b in (1, 8)]
+# Gradient accumulation, which every plan uses: 8 micro-batches of 2 x 256 per optimizer step.
+ACCUM_ROWS = [(f, 2, 256, ckpt, prec, 8) for f in FAMILIES for ckpt in CKPT for prec in PRECISION]
+MEASUREMENTS = ROOT / "bench" / "results" / "estimator_measurements.json"
 TIMING_MODELS = ["llama-3.2-1b", "qwen2-0.5b", "llama-2-7b"]
 _NOTES_MARKER = "<!-- analysis (hand-written, kept across re-runs) -->"
 
 
 def _rows(quick: bool, families: list[str] | None = None,
-          also_ckpt_batch: int | None = None) -> list[tuple[str, int, int, bool, str]]:
+          also_ckpt_batch: int | None = None) -> list[tuple[str, int, int, bool, str, int]]:
     """The matrix rows: all, `--quick`, or every row of `families` plus, from the other families,
     the checkpointed rows at batch `also_ckpt_batch`."""
     if quick:
         return QUICK
-    rows = list(itertools.product(FAMILIES, BATCHES, SEQS, CKPT, PRECISION))
+    rows = [(*r, 1) for r in itertools.product(FAMILIES, BATCHES, SEQS, CKPT, PRECISION)] + ACCUM_ROWS
     if families:
         rows = [r for r in rows if r[0] in families or (r[3] and r[1] == also_ckpt_batch)]
     return rows
+
+
+def _row_key(fam: str, b: int, s: int, ckpt: bool, prec: str, ga: int) -> str:
+    import torch
+    import transformers
+
+    return f"{fam}|b{b}|s{s}|ga{ga}|ckpt{int(ckpt)}|{prec}|steps3|torch {torch.__version__}|transformers {transformers.__version__}"
+
+
+def _measured(row: tuple, repeats: int, reuse: bool, store: dict) -> list[int]:
+    """`repeats` protocol runs of a row (fresh processes), reusing stored runs when asked."""
+    from overseer_plan._measure import measure
+
+    fam, b, s, ckpt, prec, ga = row
+    key = _row_key(*row)
+    runs = list(store.get(key, [])) if reuse else []
+    while len(runs) < repeats:
+        job = {"config": FAMILIES[fam], "batch_size": b, "seq_len": s, "gradient_checkpointing": ckpt,
+               "precision": prec, "grad_accum": ga, "steps": 3}
+        runs.append(int(measure(job)["peak_delta_bytes"]))
+    store[key] = runs
+    return runs[:repeats]
 
 
 def _time_traced(model: str) -> dict:
@@ -79,23 +104,28 @@ def main() -> None:
                     help="with --family: also the other families' checkpointed rows at this batch size")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "estimator_accuracy.md"))
     ap.add_argument("--no-write", action="store_true", help="print only")
-    ap.add_argument("--noise", type=int, default=3, help="re-measure this many rows to show run-to-run noise")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="protocol runs per row in fresh processes; 'measured' is their median (default 3)")
+    ap.add_argument("--reuse-measurements", action="store_true",
+                    help=f"reuse runs stored in {MEASUREMENTS.relative_to(ROOT)} for the same row and torch/transformers "
+                         "versions (measuring only what is missing); predictions are always recomputed")
     args = ap.parse_args()
 
     os.environ["OVERSEER_CACHE_DIR"] = tempfile.mkdtemp(prefix="overseer-bench-")
     import transformers
 
     transformers.logging.set_verbosity_error()
-    from overseer_plan._measure import measure
     from overseer_plan.estimate import EstimateConfig, estimate
 
+    store = json.loads(MEASUREMENTS.read_text()) if MEASUREMENTS.exists() else {}
     rows = []
     t_start = time.time()
-    for fam, b, s, ckpt, prec in _rows(args.quick, args.family, args.also_ckpt_batch):
-        cfg = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt, precision=prec)
-        job = {"config": FAMILIES[fam], "batch_size": b, "seq_len": s, "gradient_checkpointing": ckpt,
-               "precision": prec, "steps": 3}
-        real = measure(job)["peak_delta_bytes"]
+    for fam, b, s, ckpt, prec, ga in _rows(args.quick, args.family, args.also_ckpt_batch):
+        cfg = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt, precision=prec, grad_accum=ga)
+        runs = _measured((fam, b, s, ckpt, prec, ga), args.repeats, args.reuse_measurements, store)
+        if not args.no_write:
+            MEASUREMENTS.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")
+        real = statistics.median(runs)
         estimate(FAMILIES[fam], cfg)  # first call builds the census
         t0 = time.perf_counter()
         for _ in range(20):
@@ -104,21 +134,16 @@ def main() -> None:
         t0 = time.perf_counter()
         tr = estimate(FAMILIES[fam], cfg, method="traced")
         tr_s = time.perf_counter() - t0
-        row = dict(family=fam, batch=b, seq=s, ckpt=ckpt, precision=prec, measured=real,
+        row = dict(family=fam, batch=b, seq=s, ckpt=ckpt, precision=prec, ga=ga, measured=real, runs=runs,
                    analytic=an.peak_bytes, traced=tr.peak_bytes, live=tr.live_tensor_bytes,
                    analytic_ms=an_ms, traced_s=tr_s, phase=tr.peak_phase)
         rows.append(row)
-        print(f"{fam:16} b={b} s={s} ckpt={int(ckpt)} {prec:5} measured {real / 2**20:7.0f} MiB  "
-              f"analytic {an.peak_bytes / real - 1:+6.1%}  traced {tr.peak_bytes / real - 1:+6.1%}", flush=True)
+        print(f"{fam:16} b={b} s={s} ga={ga} ckpt={int(ckpt)} {prec:5} measured {real / 2**20:7.0f} MiB "
+              f"(runs {min(runs) / 2**20:.0f}-{max(runs) / 2**20:.0f})  analytic {an.peak_bytes / real - 1:+6.1%}  "
+              f"traced {tr.peak_bytes / real - 1:+6.1%}", flush=True)
 
-    noise = []
-    for row in rows[: args.noise]:
-        job = {"config": FAMILIES[row["family"]], "batch_size": row["batch"], "seq_len": row["seq"],
-               "gradient_checkpointing": row["ckpt"], "precision": row["precision"], "steps": 3}
-        again = measure(job)["peak_delta_bytes"]
-        noise.append((row, again))
     timing = {m: _time_traced(m) for m in TIMING_MODELS}
-    report = _report(rows, noise, timing, args, time.time() - t_start)
+    report = _report(rows, timing, args, time.time() - t_start)
     print(report)
     if not args.no_write:
         out = Path(args.out)
@@ -135,12 +160,14 @@ def _stats(rows: list[dict], key: str) -> dict:
             "worst_under": min(errs), "n_under_5": sum(e < -0.05 for e in errs)}
 
 
-def _report(rows: list[dict], noise: list, timing: dict, args: argparse.Namespace, wall: float) -> str:
+def _report(rows: list[dict], timing: dict, args: argparse.Namespace, wall: float) -> str:
     import torch
     import transformers
 
     mib = 2**20
     cmd = "python bench/estimator_accuracy.py" + (" --quick" if args.quick else "")
+    cmd += f" --repeats {args.repeats}" if args.repeats != 3 else ""
+    cmd += " --reuse-measurements" if args.reuse_measurements else ""
     cmd += "".join(f" --family {f}" for f in args.family or [])
     cmd += f" --also-ckpt-batch {args.also_ckpt_batch}" if args.also_ckpt_batch else ""
     out = [
@@ -150,18 +177,19 @@ def _report(rows: list[dict], noise: list, timing: dict, args: argparse.Namespac
         f"- Machine: 2-core x86-64 CPU, 24 GiB RAM, no GPU; torch {torch.__version__}, "
         f"transformers {transformers.__version__}; run {dt.date.today().isoformat()}",
         "- Measured: overseer_plan/_measure.py protocol (fresh process, ru_maxrss growth over post-import RSS, "
-        "3 AdamW steps, default attention = sdpa). Predictions: shipped calibration defaults, fitted on separate "
+        f"3 AdamW steps, default attention = sdpa), {args.repeats} runs per row in fresh processes; the median is "
+        "'measured' and the range is shown. Predictions: shipped calibration defaults, fitted on separate "
         "calibration models (overseer_plan/calibration.py), not on these rows.",
         "",
-        "| family | batch | seq | ckpt | precision | measured MiB | live tensors MiB | analytic MiB (err) | "
+        "| family | batch | seq | accum | ckpt | precision | measured MiB (runs) | live tensors MiB | analytic MiB (err) | "
         "traced+cal MiB (err) | peak phase | analytic ms | traced s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         m = r["measured"]
         out.append(
-            f"| {r['family']} | {r['batch']} | {r['seq']} | {'on' if r['ckpt'] else 'off'} | {r['precision']} | "
-            f"{m / mib:.0f} | {r['live'] / mib:.0f} | {r['analytic'] / mib:.0f} ({r['analytic'] / m - 1:+.1%}) | "
+            f"| {r['family']} | {r['batch']} | {r['seq']} | {r['ga']} | {'on' if r['ckpt'] else 'off'} | {r['precision']} | "
+            f"{m / mib:.0f} ({min(r['runs']) / mib:.0f}-{max(r['runs']) / mib:.0f}) | {r['live'] / mib:.0f} | {r['analytic'] / mib:.0f} ({r['analytic'] / m - 1:+.1%}) | "
             f"{r['traced'] / mib:.0f} ({r['traced'] / m - 1:+.1%}) | {r['phase']} | {r['analytic_ms']:.2f} | "
             f"{r['traced_s']:.2f} |"
         )
@@ -191,11 +219,11 @@ def _report(rows: list[dict], noise: list, timing: dict, args: argparse.Namespac
     for name, t in timing.items():
         target = "<= 30 s, <= 1 GiB" if t["params"] > 2e9 else "<= 10 s, <= 1 GiB"
         out.append(f"| {name} | {t['params'] / 1e9:.2f} B | {t['wall_s']:.1f} | {t['maxrss'] / mib:.0f} | {target} |")
-    if noise:
-        out += ["", "## Measurement noise", "", "Same row measured twice in fresh processes:", ""]
-        for r, again in noise:
-            out.append(f"- {r['family']} b={r['batch']} s={r['seq']} ckpt={r['ckpt']} {r['precision']}: "
-                       f"{r['measured'] / mib:.0f} vs {again / mib:.0f} MiB ({again / r['measured'] - 1:+.1%})")
+    spreads = [(max(r["runs"]) - min(r["runs"])) / r["measured"] for r in rows if len(r["runs"]) > 1]
+    if spreads:
+        out += ["", "## Measurement noise", "",
+                f"Spread (max - min) / median of the {args.repeats} runs per row: median {statistics.median(spreads):.1%}, "
+                f"max {max(spreads):.1%}."]
     return "\n".join(out) + "\n"
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from transformers import PretrainedConfig
 
     from overseer_plan.estimate import EstimateConfig
@@ -61,8 +63,10 @@ class ModelShape:
     linears: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False)
 
 
-def model_shape(config: PretrainedConfig, fingerprint: str) -> ModelShape:
+def model_shape(config: PretrainedConfig | Callable[[], PretrainedConfig], fingerprint: str) -> ModelShape:
     """The cached `ModelShape` of a config (built on the meta device on first use).
+
+    `config` may be a function returning it, called only when the census is not cached.
 
     Cached in memory and on disk (`calibration.cache_dir()/census/`, one JSON file per config
     fingerprint and transformers version): building the model on meta costs ~0.3-1 s per
@@ -73,7 +77,7 @@ def model_shape(config: PretrainedConfig, fingerprint: str) -> ModelShape:
     if shape is None:
         shape = _read_census(fingerprint)
         if shape is None:
-            shape = _census(config)
+            shape = _census(config() if callable(config) else config)
             _write_census(fingerprint, shape)
         _SHAPES[fingerprint] = shape
     return shape

@@ -180,11 +180,14 @@ def load_calibration() -> tuple[Calibration, list[str]]:
         msg = f"calibration file {path} is malformed and was ignored ({type(e).__name__}); using shipped defaults"
         warnings.warn(msg, stacklevel=2)
         return DEFAULTS, [msg]
-    import torch
+    from importlib.metadata import version
 
-    if cal.torch_version != torch.__version__:
+    # The installed distribution's version is torch.__version__ (local tag included), read without
+    # importing torch, which planning does not otherwise need.
+    torch_version = version("torch")
+    if cal.torch_version != torch_version:
         return DEFAULTS, [
-            f"calibration file {path} was fitted with torch {cal.torch_version}, not {torch.__version__}; "
+            f"calibration file {path} was fitted with torch {cal.torch_version}, not {torch_version}; "
             "using shipped defaults (re-run --calibrate)"
         ]
     return cal, [f"calibration: {path}"]

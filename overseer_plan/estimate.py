@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from overseer_plan.errors import UserInputError
 
 if TYPE_CHECKING:
-    from transformers import PretrainedConfig
+    from overseer_plan.models import ResolvedModel
 
 Precision = Literal["fp32", "fp16", "bf16", "bf16-pure"]
 Optimizer = Literal["adamw", "sgd", "adafactor", "adamw8bit"]
@@ -196,33 +196,29 @@ class MemoryEstimate(BaseModel):
         return self.peak_bytes
 
 
-_RESOLVED: dict[str, Any] = {}
+_RESOLVED: dict[Any, Any] = {}
 
 
-def _resolve(model: Any) -> tuple[PretrainedConfig, str, str]:
-    """(config, display name, fingerprint), cached for names/paths so planners can call us in loops."""
-    from overseer_plan.models import config_fingerprint, resolve_model_config
+def _resolve(model: Any) -> ResolvedModel:
+    """The resolved model, memoised per name/path (and file mtime) or config object within a process,
+    so planners can call us in loops."""
+    import os
 
-    if isinstance(model, (str,)) or hasattr(model, "__fspath__"):
-        key = str(model)
+    from overseer_plan.models import resolve
+
+    if isinstance(model, str) or hasattr(model, "__fspath__"):
+        key: Any = str(model)
         try:
-            import os
-
             key += f"@{os.stat(key).st_mtime_ns}"
         except OSError:
             pass
-        hit = _RESOLVED.get(key)
-        if hit is None:
-            config = resolve_model_config(model)
-            hit = (config, str(model), config_fingerprint(config))
-            _RESOLVED[key] = hit
-        return hit
-    config = resolve_model_config(model)
-    memo = _RESOLVED.get(f"id:{id(config)}")
-    if memo is not None and memo[0] is config:
-        return memo
-    hit = (config, getattr(config, "name_or_path", "") or "config", config_fingerprint(config))
-    _RESOLVED[f"id:{id(config)}"] = hit
+    elif isinstance(model, dict):
+        return resolve(model)
+    else:
+        key = ("id", id(model))
+    hit = _RESOLVED.get(key)
+    if hit is None or (isinstance(key, tuple) and hit._config is not model):
+        hit = _RESOLVED[key] = resolve(model)
     return hit
 
 
@@ -308,8 +304,9 @@ def estimate(
         raise UserInputError(f"device must be 'cpu' or 'cuda' (got {device!r})")
     if method not in ("analytic", "traced"):
         raise UserInputError(f"method must be 'analytic' or 'traced' (got {method!r})")
-    hf_config, name, fingerprint = _resolve(model)
-    shape = _analytic.model_shape(hf_config, fingerprint)
+    resolved = _resolve(model)
+    name, fingerprint = resolved.name, resolved.fingerprint
+    shape = _analytic.model_shape(lambda: resolved.config, fingerprint)
     if shape.max_positions is not None and cfg.seq_len > shape.max_positions:
         raise UserInputError(
             f"seq_len {cfg.seq_len} is longer than {name}'s max positions ({shape.max_positions}); "
@@ -348,7 +345,7 @@ def estimate(
             # stay alive from the first micro-batch on; each later one repeats the same pattern),
             # and tracing GA=32 would cost 16x the time for the same peak.
             traced_cfg = cfg.model_copy(update={"grad_accum": min(cfg.grad_accum, 2)})
-            tr = trace_peak(hf_config, traced_cfg, device=device)
+            tr = trace_peak(resolved.config, traced_cfg, device=device)
             got = {
                 "live": tr.live_peak_bytes, "parts": tr.breakdown, "phase": tr.peak_phase,
                 "sim_peak": tr.extrapolate([simulate_glibc(r.events) for r in tr.runs]) if device == "cpu" else None,
@@ -389,7 +386,7 @@ def estimate(
         device=device,
         live_tensor_bytes=int(live),
         model_info=ModelInfo(
-            name=name, model_type=str(hf_config.model_type), num_params=shape.num_params,
+            name=name, model_type=resolved.model_type, num_params=shape.num_params,
             trainable_params=int(trainable), num_layers=shape.num_layers, max_positions=shape.max_positions,
         ),
         config=cfg,

@@ -222,3 +222,92 @@ def config_fingerprint(config: PretrainedConfig) -> str:
     for volatile in ("transformers_version", "_name_or_path", "_attn_implementation_autoset", "dtype", "torch_dtype"):
         data.pop(volatile, None)
     return json.dumps(data, sort_keys=True, default=str)
+
+
+class ResolvedModel:
+    """A model reference resolved far enough to key caches; the transformers config is built on demand.
+
+    Building a `PretrainedConfig` imports transformers' configuration machinery (~1.5 s in a
+    fresh process). Everything the planner's arithmetic needs is cached per config fingerprint
+    (`_analytic.model_shape`), so a reference that was resolved before on this machine, with
+    the same file contents and transformers version, need not build one again.
+    """
+
+    def __init__(self, name: str, fingerprint: str, model_type: str, source: Any,
+                 config: PretrainedConfig | None = None) -> None:
+        self.name = name
+        self.fingerprint = fingerprint
+        self.model_type = model_type
+        self._source = source
+        self._config = config
+
+    @property
+    def config(self) -> PretrainedConfig:
+        if self._config is None:
+            self._config = resolve_model_config(self._source)
+        return self._config
+
+
+def _reference_key(text: str) -> str | None:
+    """What a local path or catalogue name resolves to depends on, without importing transformers.
+
+    None for Hub ids: whether their config is in the HF cache, or changed there, is the hub
+    library's business, so they always take the full path.
+    """
+    from importlib.metadata import version
+
+    path = Path(text).expanduser()
+    try:
+        target = path / "config.json" if path.is_dir() else path
+        if target.is_file():
+            st = target.stat()
+            stamp = f"file:{target.resolve()}:{st.st_mtime_ns}:{st.st_size}"
+        else:
+            entry = _catalogue().get(text.lower())
+            if entry is None:
+                return None
+            stamp = f"catalogue:{entry.name}:{json.dumps(entry.config, sort_keys=True)}"
+    except OSError:
+        return None
+    return f"{stamp}\0transformers={version('transformers')}"
+
+
+def _index_path(key: str) -> Path:
+    import hashlib
+
+    from overseer_plan._io import cache_root
+
+    return cache_root() / "resolved" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+
+
+def resolve(name_or_path: Any) -> ResolvedModel:
+    """Resolve a model reference (anything `resolve_model_config` takes) to a `ResolvedModel`.
+
+    Local files and catalogue names that resolved before are read back from a small index in
+    Overseer's cache dir (keyed by path, mtime, size or the entry's contents, and the
+    transformers version) without building the config; anything else resolves fully.
+    """
+    if isinstance(name_or_path, (str, Path)):
+        text = str(name_or_path).strip()
+        key = _reference_key(text) if text else None
+        if key is not None:
+            try:
+                data = json.loads(_index_path(key).read_text(encoding="utf-8"))
+                if data.get("key") == key:
+                    return ResolvedModel(str(data["name"]), str(data["fingerprint"]), str(data["model_type"]), text)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                pass
+        config = resolve_model_config(name_or_path)
+        got = ResolvedModel(text, config_fingerprint(config), str(config.model_type), text, config)
+        if key is not None:
+            from overseer_plan._io import atomic_write_text
+
+            record = {"key": key, "name": got.name, "fingerprint": got.fingerprint, "model_type": got.model_type}
+            try:
+                atomic_write_text(_index_path(key), json.dumps(record))
+            except OSError:
+                pass  # a read-only cache only costs time
+        return got
+    config = resolve_model_config(name_or_path)
+    name = getattr(config, "name_or_path", "") or "config"
+    return ResolvedModel(name, config_fingerprint(config), str(config.model_type), name_or_path, config)

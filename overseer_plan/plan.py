@@ -131,19 +131,21 @@ def choose_mode(hw: Hardware, workload: Workload, rulebook: Rulebook) -> tuple[s
 
 # ---------------------------------------------------------------- budgets
 # An address-space limit (RLIMIT_AS, `ulimit -v`) counts virtual memory, and a training process
-# maps more than it touches: importing torch 2.13 + transformers 5 adds 0.60 GiB of virtual size
-# against 0.22 GiB resident (measured here), and glibc reserves a 64 MiB heap (HEAP_MAX_SIZE on
-# 64-bit) for each thread that allocates: the main thread and torch's intra-op threads. The
-# estimator predicts resident memory, so under RLIMIT_AS that gap is taken off the budget first.
-# Checked with bench/plan_quality.py: the real gap lay between 615 and 733 MB on 2 cores; this
-# gives 631 MB.
-_IMPORT_VIRTUAL_GAP_BYTES = 400 * 1024**2
+# maps more than it touches. Measured here (torch 2.13 + transformers 5, 2-core CPU): importing
+# them adds 615 MiB of virtual size against 213 MiB resident (the estimate's host peak already
+# counts the resident part, `import_rss_bytes` = 237 MiB, so 380 MiB remain); during training,
+# glibc reserves a 64 MiB heap (HEAP_MAX_SIZE on 64-bit) for each extra thread that allocates:
+# torch's intra-op workers (usable cores - 1) and the trainer's monitor thread. A plain training
+# loop measured VmPeak - VmHWM = VmSize - VmRSS after import + 67 MiB (one worker's arena) at
+# micro-batch 1, 2 and 4 alike. The estimator predicts resident memory, so under RLIMIT_AS that
+# gap is taken off the budget first: 380 + 2 x 64 = 508 MiB on 2 cores.
+_IMPORT_VIRTUAL_GAP_BYTES = 380 * 1024**2
 _ARENA_BYTES = 64 * 1024**2
 
 
 def address_space_slack(hw: Hardware) -> int:
     """Virtual bytes a training process maps beyond its resident memory (see above)."""
-    return _IMPORT_VIRTUAL_GAP_BYTES + _ARENA_BYTES * (hw.cpu.usable_cores + 1)
+    return _IMPORT_VIRTUAL_GAP_BYTES + _ARENA_BYTES * max(hw.cpu.usable_cores, 1)
 
 
 def budgets(hw: Hardware, cfg: TrainingConfig, device: Device) -> tuple[int, int]:
@@ -300,14 +302,11 @@ def _base_config(hw: Hardware, wl: Workload, book: Rulebook, mode: str, model: s
 
 def max_positions(model: str) -> int | None:
     """The longest sequence the model's config allows, when it says."""
-    from overseer_plan.models import resolve_model_config
+    from overseer_plan import _analytic
+    from overseer_plan.estimate import _resolve
 
-    mc = resolve_model_config(model)
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(mc, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    resolved = _resolve(model)
+    return _analytic.model_shape(lambda: resolved.config, resolved.fingerprint).max_positions
 
 
 def _lean_optimizers(base: TrainingConfig, device: Device) -> list[str]:

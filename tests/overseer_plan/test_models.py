@@ -112,3 +112,52 @@ def test_census_is_cached_on_disk_and_validated(tmp_path, monkeypatch):
     files[0].write_text('{"format": 1, "fingerprint": "x"')  # truncated: ignored, rebuilt
     monkeypatch.setattr(_analytic, "_SHAPES", {})
     assert _analytic._read_census(fp) is None
+
+
+def _estimate_in_fresh_process(model: str, cache: Path) -> dict:
+    """Estimate `model` in a new interpreter; report params and whether transformers/torch got imported."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys; from overseer_plan.estimate import estimate; e = estimate(sys.argv[1]); "
+        "print(json.dumps({'params': e.model_info.num_params, 'max_pos': e.model_info.max_positions, "
+        "'transformers': 'transformers' in sys.modules, 'torch': 'torch' in sys.modules}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, model], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OVERSEER_CACHE_DIR": str(cache)})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_model_resolved_before_needs_no_transformers_in_a_new_process(tmp_path):
+    first = _estimate_in_fresh_process("gpt2", tmp_path)
+    assert first["transformers"] and first["params"] == PUBLISHED["gpt2"]
+    again = _estimate_in_fresh_process("gpt2", tmp_path)
+    assert again == {**first, "transformers": False, "torch": False}
+
+
+def test_an_edited_config_file_is_resolved_again(tmp_path):
+    import json
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**TINY["gpt2"], "n_positions": 1024}))
+    small = _estimate_in_fresh_process(str(path), tmp_path / "cache")
+    assert _estimate_in_fresh_process(str(path), tmp_path / "cache")["transformers"] is False
+    path.write_text(json.dumps({**TINY["gpt2"], "n_layer": 3, "n_positions": 2048}))
+    bigger = _estimate_in_fresh_process(str(path), tmp_path / "cache")
+    assert bigger["transformers"] is True
+    assert bigger["params"] > small["params"] and bigger["max_pos"] == 2048
+
+
+def test_a_corrupt_resolution_index_is_ignored(tmp_path, monkeypatch):
+    from overseer_plan import models
+
+    monkeypatch.setenv("OVERSEER_CACHE_DIR", str(tmp_path))
+    first = models.resolve("gpt2")
+    [index] = (tmp_path / "resolved").glob("*.json")
+    index.write_text('{"key": ')
+    again = models.resolve("gpt2")
+    assert again.fingerprint == first.fingerprint and again._config is not None
+    assert models.resolve("gpt2")._config is None  # rewritten, read back lazily
