@@ -132,7 +132,14 @@ def bench_cap(model_dir: str, cap_gib: float, micro_sizes: list[int], steps: int
 
 
 def cold_plan_timing(reps: int) -> dict:
+    """Cold processes, interleaved with the import baseline; plus one first-ever run (empty cache dir:
+    the model census and the traced dry run are computed, not read back)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with tempfile.TemporaryDirectory(prefix="overseer-cold-") as empty:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "overseer_plan", "plan"], capture_output=True, check=True,
+                       env={**env, "OVERSEER_CACHE_DIR": empty})
+        first = time.perf_counter() - t0
     base, plan = [], []
     for _ in range(reps):  # interleaved: noise hits both alike
         for sink, cmd in ((base, [sys.executable, "-c", "import torch, transformers"]),
@@ -141,7 +148,8 @@ def cold_plan_timing(reps: int) -> dict:
             subprocess.run(cmd, capture_output=True, env=env, check=True)
             sink.append(time.perf_counter() - t0)
     b, p = statistics.median(base), statistics.median(plan)
-    return {"import_torch_transformers_s": b, "overseer_plan_s": p, "ratio": p / b, "reps": reps}
+    return {"import_torch_transformers_s": b, "overseer_plan_s": p, "ratio": p / b, "reps": reps,
+            "first_run_empty_cache_s": first, "first_run_ratio": first / b}
 
 
 def main() -> None:

@@ -282,6 +282,20 @@ def heap_churn(events: list[tuple[int, int, str]]) -> int:
                if 0 < n + _CHUNK_OVERHEAD < _MMAP_THRESHOLD_MAX and step(ph) == last)
 
 
+# Gradient accumulation. The allowance was fitted on steps of one micro-batch: the protocol's 3 steps
+# are 3 forward/backward cycles. With accumulation they are 3 x GA cycles with the gradients live
+# throughout, and the heap fragments further before it settles (bench/estimator_accuracy.py
+# accumulation rows, GA 8 x 2 x 256: one micro-batch's churn under-predicted GPT-2 fp32 by 11%; the
+# churn of the two micro-batches the trace runs, 4%). So with GA >= 2 the allowance counts the
+# churn of this many micro-batches.
+ACCUM_CHURN_MICROBATCHES = 2
+
+
+def churn_microbatches(grad_accum: int) -> int:
+    """How many micro-batches' heap churn the fragmentation allowance counts (see above)."""
+    return min(max(grad_accum, 1), ACCUM_CHURN_MICROBATCHES)
+
+
 def cpu_rss_from_sim(sim_peak_bytes: float, cal: Calibration, churn_bytes: float = 0.0) -> int:
     """Predicted ru_maxrss growth over the post-import RSS, from the allocator-model peak."""
     frag = cal.cpu.churn_fraction * churn_bytes

@@ -330,9 +330,15 @@ def estimate(
         }
         phase, trainable = mem.peak_phase, mem.trainable_params
         sim_peak = float(live)
-        churn = _analytic.heap_churn_estimate(shape, cfg, device, mem.trainable_params) if device == "cpu" else 0.0
+        if device == "cpu":
+            from overseer_plan.calibration import churn_microbatches
+
+            sim_peak += _analytic.heap_gap_estimate(shape, cfg, device)
+            churn = _analytic.heap_churn_estimate(shape, cfg, device, mem.trainable_params) * churn_microbatches(cfg.grad_accum)
+        else:
+            churn = 0.0
     else:
-        from overseer_plan.calibration import heap_churn, simulate_glibc
+        from overseer_plan.calibration import churn_microbatches, heap_churn, simulate_glibc
         from overseer_plan.trace import trace_peak
 
         trainable = (
@@ -349,10 +355,10 @@ def estimate(
             got = {
                 "live": tr.live_peak_bytes, "parts": tr.breakdown, "phase": tr.peak_phase,
                 "sim_peak": tr.extrapolate([simulate_glibc(r.events) for r in tr.runs]) if device == "cpu" else None,
-                # Per micro-batch: the allowance was fitted on steps of one micro-batch, and repeating the
-                # same forward/backward within a step reuses the same-size holes (GA=8 otherwise counted 8x).
+                # Per micro-batch, then as many as `churn_microbatches` says: the allowance was fitted on
+                # steps of one micro-batch (calibration.ACCUM_CHURN_MICROBATCHES).
                 "churn": (tr.extrapolate([heap_churn(r.events) for r in tr.runs]) / traced_cfg.grad_accum
-                          if device == "cpu" else 0.0),
+                          * churn_microbatches(cfg.grad_accum) if device == "cpu" else 0.0),
                 "depths": [r.num_layers for r in tr.runs], "wall_s": tr.wall_s,
             }
             _write_trace_cache(cache_key, got)

@@ -81,7 +81,7 @@ def test_explicit_settings_win_and_are_explained() -> None:
 
 
 def test_train_auto_may_resplit_an_explicit_batch_but_keeps_the_product() -> None:
-    hw = with_overrides(make_hw(), ram_bytes=4 * GiB, cpu_only=True)
+    hw = with_overrides(make_hw(), ram_bytes=5 * GiB, cpu_only=True)
     wl = Workload(model="pythia-160m", config=TrainingConfig(batch_size=32, gradient_accumulation_steps=2),
                   resplit_batch=True, validate_plan=False)
     plan = make_plan(hw, wl)

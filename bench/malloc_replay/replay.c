@@ -1,0 +1,45 @@
+/* Replay a malloc log written by mlog.c through this process's glibc and print the peak growth of
+ * (arena + mmapped bytes) after the start mark, i.e. what the heap would hold for that call sequence.
+ * Usage: replay LOG */
+#include <malloc.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef struct { uint8_t op; uint8_t tid; uint16_t pad; uint32_t pad2; uint64_t ptr; uint64_t size; uint64_t aux; } rec_t;
+#define HN (1 << 24)
+static uint64_t hk[HN]; /* open addressing: logged pointer -> replayed pointer (1 = tombstone) */
+static void *hv[HN];
+static uint64_t h(uint64_t k) { k ^= k >> 33; k *= 0xff51afd7ed558ccdULL; k ^= k >> 33; return k & (HN - 1); }
+static void put(uint64_t k, void *v) { uint64_t i = h(k); while (hk[i] > 1 && hk[i] != k) i = (i + 1) & (HN - 1); hk[i] = k; hv[i] = v; }
+static void *take(uint64_t k) {
+  for (uint64_t i = h(k); hk[i]; i = (i + 1) & (HN - 1))
+    if (hk[i] == k) { hk[i] = 1; return hv[i]; }
+  return 0;
+}
+int main(int argc, char **argv) {
+  if (argc < 2) { fprintf(stderr, "usage: replay LOG\n"); return 2; }
+  FILE *f = fopen(argv[1], "rb");
+  if (!f) { perror(argv[1]); return 2; }
+  fseek(f, 0, SEEK_END); long n = ftell(f) / (long)sizeof(rec_t); fseek(f, 0, SEEK_SET);
+  rec_t *r = malloc(n * sizeof(rec_t));
+  if (fread(r, sizeof(rec_t), n, f) != (size_t)n) { fprintf(stderr, "short read\n"); return 2; }
+  fclose(f);
+  int started = 0; size_t base = 0, peak = 0;
+  for (long i = 0; i < n; i++) {
+    rec_t *e = &r[i];
+    if (e->op == 9) { /* marks; 1 = start of the measured region */
+      if (e->aux == 1) { struct mallinfo2 m = mallinfo2(); base = peak = m.arena + m.hblkhd; started = 1; }
+      continue;
+    }
+    if (e->op == 2) { void *p = take(e->ptr); if (p) free(p); continue; }
+    void *p = 0;
+    if (e->op == 1) p = malloc(e->size);
+    else if (posix_memalign(&p, e->aux, e->size)) p = 0;
+    if (!p) continue;
+    put(e->ptr, p);
+    if (started) { struct mallinfo2 m = mallinfo2(); if (m.arena + m.hblkhd > peak) peak = m.arena + m.hblkhd; }
+  }
+  printf("%ld calls replayed, peak growth %.0f MiB\n", n, (peak - base) / 1048576.0);
+  return 0;
+}
