@@ -21,7 +21,7 @@ def main(src: str, dst: str, mode: str) -> None:
     tensors: set[int] = set()
     events = 0
     for i in range(start, len(r)):
-        op, ptr, size = int(r["op"][i]), int(r["ptr"][i]), int(r["size"][i])
+        op, ptr = int(r["op"][i]), int(r["ptr"][i])
         if op == 3:
             tensors.add(ptr)
             events += 1
