@@ -49,6 +49,20 @@ def test_plan_standard_on_a_big_machine(tmp_path: Path) -> None:
     data = json.loads(r.stdout)
     assert data["mode"] == "standard"
     assert data["config"]["learning_rate"] == 1e-4 and data["config"]["gradient_checkpointing"] is False
+    # The preset's split fits: kept, although the (unmeasured) GPU model scores 32 x 2 slightly higher.
+    assert (data["config"]["batch_size"], data["config"]["gradient_accumulation_steps"]) == (16, 4)
+    assert data["config"]["max_sequence_length"] == 1024 and data["config"]["save_steps"] == 500
+    assert any("preset's micro-batch is kept" in c["rejected"] for c in data["candidates"] if c.get("rejected"))
+
+
+def test_gpu_fit_leaves_the_preset_split_when_it_does_not_fit(tmp_path: Path) -> None:
+    hw = _hw_file(tmp_path, ram_gb=128, gpus=[gpu(24)])
+    r = runner.invoke(app, ["plan", "--model", "gpt2", "--hardware", str(hw), "--standard", "--json", "--no-validate"])
+    data = json.loads(r.stdout)
+    cfg = data["config"]
+    assert cfg["batch_size"] * cfg["gradient_accumulation_steps"] == 64
+    assert data["estimate"]["peak_bytes"] <= data["budget_bytes"]
+    assert cfg["batch_size"] < 16 or cfg["gradient_checkpointing"] is True
 
 
 def test_plan_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
