@@ -75,6 +75,25 @@ def test_grad_accumulation_keeps_gradients_alive():
     assert many.breakdown.gradients > 0 and many.peak_bytes > one.peak_bytes
 
 
+@pytest.mark.parametrize("method", ["analytic", "traced"])
+def test_accumulation_counts_heap_churn_of_two_micro_batches_however_many(method):
+    from overseer_plan.calibration import DEFAULTS
+
+    one = estimate(GPT2, cfg(grad_accum=1), method=method)
+    two = estimate(GPT2, cfg(grad_accum=2), method=method)
+    eight = estimate(GPT2, cfg(grad_accum=8), method=method)
+    # The fragmentation allowance (overhead) grows from one micro-batch's churn to two, then stays.
+    assert two.breakdown.overhead - DEFAULTS.cpu.constant_bytes > 1.5 * (one.breakdown.overhead - DEFAULTS.cpu.constant_bytes)
+    assert eight.peak_bytes == pytest.approx(two.peak_bytes, rel=0.02)
+
+
+def test_checkpointing_adds_a_heap_gap_to_the_closed_form():
+    off, on = estimate(GPT2, cfg(batch_size=8, seq_len=512)), estimate(GPT2, cfg(batch_size=8, seq_len=512,
+                                                                                  gradient_checkpointing=True))
+    # The recompute's holes: the closed form's CPU peak exceeds its live tensors by more with checkpointing.
+    assert on.peak_bytes - on.live_tensor_bytes > off.peak_bytes - off.live_tensor_bytes
+
+
 def test_optimizers_order_by_state_size():
     states = {o: estimate(LLAMA, cfg(optimizer=o)).breakdown.optimizer_states
               for o in ("adamw", "sgd", "adamw8bit", "adafactor")}
