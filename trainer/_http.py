@@ -82,7 +82,40 @@ def describe_status(url: str, status: int, reason: str) -> str:
     return f"HTTP {status} {reason} for {url}: {hint}".replace("  ", " ")
 
 
+def _resolve_within(url: str, timeout_s: float) -> None:
+    """Resolve the URL's host in a helper thread, giving up after `timeout_s`.
+
+    The socket timeout urllib takes does not cover the name lookup: getaddrinfo blocks for as long
+    as the system resolver likes (tens of seconds to minutes with a dead DNS server). Skipped when a
+    proxy serves the URL (the proxy resolves the name, and this machine may not be able to).
+    """
+    import threading
+
+    parts = urlsplit(url)
+    host = parts.hostname
+    if not host or urllib.request.getproxies().get(parts.scheme) and not urllib.request.proxy_bypass(host):
+        return
+    outcome: list[BaseException | None] = []
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM)
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=lookup, name="overseer-dns", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not outcome:
+        raise UserInputError(f"no answer from DNS for host {host!r} within {timeout_s:g}s; check the network "
+                             "connection or the DNS settings, or raise the timeout")
+    if outcome[0] is not None:
+        raise UserInputError(describe_network_error(url, outcome[0], timeout_s=timeout_s)) from outcome[0]
+
+
 def _open_once(url: str, headers: dict[str, str], timeout_s: float) -> http.client.HTTPResponse:
+    _resolve_within(url, timeout_s)
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, **headers})
     try:
         # A fresh opener per request so proxy settings are read from the environment now.

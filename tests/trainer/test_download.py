@@ -235,6 +235,25 @@ def test_dns_failure_message_says_offline_or_mistyped():
     assert "cannot resolve host 'no-such-host.invalid'" in message and "offline" in message
 
 
+def test_a_dns_lookup_that_never_answers_is_cut_off_by_the_timeout(tmp_path, monkeypatch):
+    # No network here, so the resolver that hangs (a dead DNS server) is stood in for by one that sleeps.
+    real = socket.getaddrinfo
+
+    def stuck(host, *args, **kwargs):
+        if host == "slow-dns.example":
+            time.sleep(30)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", stuck)
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    started = time.monotonic()
+    with pytest.raises(UserInputError, match="no answer from DNS for host 'slow-dns.example' within 1s"):
+        download("http://slow-dns.example/x.txt", tmp_path, timeout_s=1)
+    assert time.monotonic() - started < 5
+    assert _finished_files(tmp_path, "x.txt") == [] and _parts(tmp_path) == []
+
+
 def test_size_cap_from_content_length_refuses_before_downloading(loopback_server, tmp_path):
     url = loopback_server.add("/huge.txt", body=BODY)
     with pytest.raises(UserInputError, match="over the 1000-byte cap"):
