@@ -36,7 +36,7 @@ import psutil
 import torch
 
 from overseer_plan.config import TrainingConfig
-from overseer_plan.errors import OverseerError
+from overseer_plan.errors import OverseerError, UserInputError
 from trainer import checkpoint as ckpt
 from trainer.data import eval_batches, prepare_data, steps_per_epoch, train_loader
 from trainer.monitor import ResourceMonitor
@@ -140,6 +140,30 @@ class _Injector:
             self.armed = False  # recomputation in backward (checkpointing) must not fire again
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (synthetic: "
                                          f"{INJECT_ENV})")
+
+
+def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+    """The optimizer the config names (the planner falls back to a memory-lean one when AdamW cannot fit).
+
+    Adafactor runs with an external learning rate (the schedule's), as HF recommends for fine-tuning;
+    8-bit AdamW needs bitsandbytes, which is not a dependency.
+    """
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
+    if name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise UserInputError("optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes); "
+                                 "or set optimizer: adafactor, which also keeps its state small") from None
+        return bnb.optim.AdamW8bit(groups, lr=lr, betas=(0.9, 0.95))
+    raise UserInputError(f"unknown optimizer {name!r}; choose adamw, sgd, adafactor or adamw8bit")
 
 
 class Trainer:
@@ -257,7 +281,7 @@ class Trainer:
         decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95))
+        self.optimizer = make_optimizer(cfg.optimizer, groups, cfg.learning_rate)
         self.scheduler = get_scheduler("cosine", self.optimizer, num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
 

@@ -123,3 +123,28 @@ def test_no_scale_up_without_headroom(tmp_path, monkeypatch):
     result = run_trainer(tiny_config(tmp_path, batch_size=2, gradient_accumulation_steps=4, scale_up=True,
                                      max_steps=6), monitor=monitor)
     assert result.step_ups == 0  # peak 50% x 2 >= 80% threshold
+
+
+@pytest.mark.parametrize("name", ["sgd", "adafactor"])
+def test_the_configured_optimizer_is_the_one_that_trains(tmp_path, name):
+    # The planner falls back to Adafactor when AdamW's states cannot fit; the trainer must follow it.
+    import torch
+
+    result = run_trainer(tiny_config(tmp_path, optimizer=name, learning_rate=1e-2))
+    assert result.optimizer_steps == 6 and result.config["optimizer"] == name
+    state = torch.load(sorted((tmp_path / "run").glob("checkpoint-*"))[-1] / "training_state.pt", weights_only=True)
+    per_param = next(iter(state["optimizer"]["state"].values()))
+    expected = {"sgd": {"momentum_buffer"}, "adafactor": {"step", "exp_avg_sq_row", "exp_avg_sq_col", "RMS"}}[name]
+    assert expected <= set(per_param) and "exp_avg" not in per_param
+
+
+def test_adamw8bit_without_bitsandbytes_is_a_clear_error(tmp_path):
+    try:
+        import bitsandbytes  # noqa: F401
+        pytest.skip("bitsandbytes is installed here")
+    except ImportError:
+        pass
+    from overseer_plan.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="needs bitsandbytes"):
+        run_trainer(tiny_config(tmp_path, optimizer="adamw8bit"))
