@@ -12,7 +12,10 @@ How one optimizer step runs (phases numbered as in `train`):
      partial graph is dropped, gradients set to None, memory freed, the config steps down one rung
      and the SAME batch is retried: no step is lost or repeated, the LR schedule and data order
      continue, and micro x accumulation (the effective batch) is unchanged;
-  3. clip, optimizer step, scheduler step;
+  3. clip, optimizer step, scheduler step; an OOM inside the optimizer step that changed nothing (its
+     version counters prove it) is retried in place with the same gradients (on GPUs first with
+     foreach off); one that had already changed the model stops the run with the last checkpoint
+     intact, since no retry could apply the step exactly once;
   4. log, evaluate, checkpoint; act on the monitor's memory flag; scale up when asked and stable.
 
 Exit codes the CLI uses (attributes of the exceptions below): 0 done, 1 a checkpoint could not be
@@ -47,7 +50,9 @@ from trainer.tokenizer import encoder_for
 INJECT_ENV = "OVERSEER_INJECT_OOM"
 """Comma-separated 0-based indices of training micro-batch forwards (counted per process, failed
 attempts and retries included; evaluation and checkpointing's recomputation not) that raise a
-synthetic torch.OutOfMemoryError from inside the model, as if the allocator had failed there."""
+synthetic torch.OutOfMemoryError from inside the model, as if the allocator had failed there.
+`opt:N` raises at the start of the N-th optimizer.step() call (before it changes anything) and
+`optpost:N` at its end (after it changed the model), counting every call including retries."""
 SCALE_UP_AFTER_STEPS = 20
 """Stable optimizer steps (no OOM, no pressure) before --scale-up tries one rung up."""
 SCALE_UP_FACTOR = 2.0
@@ -126,11 +131,16 @@ class TrainResult:
 
 
 class _Injector:
-    """Raises a synthetic OOM from a forward pre-hook at chosen micro-step indices (see INJECT_ENV)."""
+    """Raises a synthetic OOM from a forward pre-hook at chosen micro-step indices, and from optimizer
+    step hooks at chosen step calls (see INJECT_ENV)."""
 
     def __init__(self, spec: str | None):
-        self.at = {int(x) for x in (spec or "").replace(" ", "").split(",") if x}
+        items = [x for x in (spec or "").replace(" ", "").split(",") if x]
+        self.at = {int(x) for x in items if x.isdigit()}
+        self.opt_pre = {int(x[4:]) for x in items if x.startswith("opt:")}
+        self.opt_post = {int(x[8:]) for x in items if x.startswith("optpost:")}
         self.armed = False
+        self.step_calls = 0
 
     def arm(self, index: int) -> None:
         self.armed = index in self.at
@@ -140,6 +150,15 @@ class _Injector:
             self.armed = False  # recomputation in backward (checkpointing) must not fire again
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (synthetic: "
                                          f"{INJECT_ENV})")
+
+    def before_step(self, _optimizer: Any, _args: Any, _kwargs: Any) -> None:
+        self.step_calls += 1
+        if self.step_calls - 1 in self.opt_pre:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 1.00 GiB (synthetic: {INJECT_ENV} opt)")
+
+    def after_step(self, _optimizer: Any, _args: Any, _kwargs: Any) -> None:
+        if self.step_calls - 1 in self.opt_post:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 1.00 GiB (synthetic: {INJECT_ENV} optpost)")
 
 
 def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
@@ -303,6 +322,10 @@ class Trainer:
             # Hook a block in the middle so the failure leaves a partial graph behind, like a real OOM.
             target = _middle_block(self.accelerator.unwrap_model(self.model))
             self._hook = target.register_forward_pre_hook(self.injector.hook)
+        if self.injector.opt_pre or self.injector.opt_post:
+            inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps it
+            inner.register_step_pre_hook(self.injector.before_step)
+            inner.register_step_post_hook(self.injector.after_step)
 
     def _start_monitor(self, cfg: TrainingConfig) -> None:
         if not self.use_monitor:
@@ -357,9 +380,12 @@ class Trainer:
                 if failure is None:
                     break
                 self._recover(*failure)  # outside the except block: the failed frames are gone
-            # 3. clip, update, advance the schedule
+            # 3. clip, update (retried in place when an OOM hit before it changed anything), advance the schedule
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
-            self.optimizer.step()
+            tries = 0
+            while (failure := self._optimizer_step()) is not None:
+                tries += 1
+                self._recover_optimizer_step(*failure, tries=tries)
             if not self.accelerator.optimizer_step_was_skipped:  # fp16 overflow: keep the schedule aligned
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -423,6 +449,80 @@ class Trainer:
             return
         self.oom_rungs.add(_rung_key(self.config))
         self._step_down(reason=f"OOM: {message}")
+
+    def _optimizer_state_versions(self) -> tuple[list[int], dict[int, list[int]]]:
+        """In-place version counters of every parameter and existing optimizer-state tensor."""
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        params = [p for g in inner.param_groups for p in g["params"]]
+        states = {id(p): [t._version for t in inner.state[p].values() if isinstance(t, torch.Tensor)]
+                  for p in params if p in inner.state}
+        return [p._version for p in params], states
+
+    def _optimizer_step(self) -> tuple[str, str, bool] | None:
+        """optimizer.step(); on an OOM, (verdict, message, whether it had already changed the model or its state).
+
+        Every torch optimizer updates tensors in place, so unchanged version counters prove that
+        nothing was applied and the same step can run again with the same gradients.
+        """
+        before = self._optimizer_state_versions()
+        try:
+            self.optimizer.step()
+            return None
+        except Exception as e:
+            verdict = self.policy.classify(e)
+            if verdict is None:
+                raise
+            message = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        versions, states = self._optimizer_state_versions()
+        changed = versions != before[0] or any(states.get(k) != v for k, v in before[1].items())
+        if not changed:  # states created by the failed call are fresh zeros: drop them, the retry recreates them
+            inner = getattr(self.optimizer, "optimizer", self.optimizer)
+            for p in [p for g in inner.param_groups for p in g["params"]]:
+                if id(p) not in before[1] and p in inner.state:
+                    del inner.state[p]
+        return verdict, message, changed
+
+    def _recover_optimizer_step(self, verdict: str, message: str, changed: bool, *, tries: int) -> None:
+        """After an OOM inside optimizer.step(): retry the same step, or stop with the last checkpoint intact.
+
+        The ladder's rungs shrink activations, which are already freed when the optimizer runs; what
+        can shrink the step itself is running it one tensor at a time (foreach off: one parameter-sized
+        temporary instead of one per parameter) and giving cached memory back.
+        """
+        freed = free_memory(self.device.type)
+        self.stable_steps = 0
+        self.log.event("oom", verdict=verdict, message=message, phase="optimizer_step", changed_model=changed,
+                       micro_batch_size=self.config.batch_size, **freed)
+        self.reporter.message(f"step {self.step + 1}: {verdict} in the optimizer step: {message}")
+        last = ckpt.list_checkpoints(self.run_dir)
+        kept = f"the last checkpoint ({last[-1][1].name}) is intact" if last else "no checkpoint was written yet"
+        if verdict == "restart":
+            self._save_summary(interrupted=False, extra={"stopped": "restart"})
+            raise RestartRequired(f"sticky device error in the optimizer step at step {self.step + 1} ({message})")
+        if changed:
+            self._save_summary(interrupted=False, extra={"stopped": "oom_optimizer_step"})
+            raise OutOfMemoryAtFloor(
+                f"out of memory inside the optimizer step at step {self.step + 1}, after it had updated part of the "
+                f"model, so the step cannot be retried exactly; nothing was saved since, and {kept} (continue with "
+                "--resume once memory is free); if it recurs, use optimizer: adafactor (smaller state) or a smaller model")
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        if any(g.get("foreach") is not False for g in inner.param_groups) and self.device.type != "cpu":
+            for g in inner.param_groups:
+                g["foreach"] = False
+            self.log.event("step_down", rule="optimizer.foreach-off", reason=f"OOM in the optimizer step: {message}",
+                           changes={"foreach": [True, False]},
+                           effective_batch_size=self.config.effective_batch_size(self.accelerator.num_processes))
+            self.reporter.message("step down: optimizer runs one tensor at a time (foreach off)")
+            return
+        if tries <= 1:
+            self.log.event("retry_same_config", reason="OOM in the optimizer step before it changed anything: "
+                           "retried once after freeing memory")
+            return
+        self._save_summary(interrupted=False, extra={"stopped": "oom_optimizer_step"})
+        raise OutOfMemoryAtFloor(
+            f"out of memory inside the optimizer step at step {self.step + 1} (parameters, gradients and optimizer "
+            f"state do not fit, and the step changed nothing); {kept}; use optimizer: adafactor (smaller state), "
+            "a smaller model, or run `overseer doctor oom`")
 
     def _step_down(self, *, reason: str) -> bool:
         steps = self.policy.step_down(self.config)

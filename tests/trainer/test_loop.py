@@ -148,3 +148,39 @@ def test_adamw8bit_without_bitsandbytes_is_a_clear_error(tmp_path):
 
     with pytest.raises(UserInputError, match="needs bitsandbytes"):
         run_trainer(tiny_config(tmp_path, optimizer="adamw8bit"))
+
+
+def test_oom_in_the_optimizer_step_before_it_changed_anything_is_retried_in_place(tmp_path, monkeypatch):
+    base = run_trainer(tiny_config(tmp_path / "a"))
+    monkeypatch.setenv(INJECT_ENV, "opt:0,opt:4")  # the first step (states not yet created) and a later one
+    hurt = run_trainer(tiny_config(tmp_path / "b"))
+    assert hurt.optimizer_steps == base.optimizer_steps == 6
+    assert hurt.losses == base.losses  # the same gradients applied once: bit-identical
+    events = read_jsonl(tmp_path / "b" / "run" / "events.jsonl")
+    ooms = [e for e in events if e["event"] == "oom"]
+    assert [(o["phase"], o["changed_model"]) for o in ooms] == [("optimizer_step", False)] * 2
+    assert sum(e["event"] == "retry_same_config" for e in events) == 2
+
+
+def test_oom_in_the_optimizer_step_twice_stops_with_the_checkpoint_intact(tmp_path, monkeypatch):
+    from trainer.loop import OutOfMemoryAtFloor
+
+    monkeypatch.setenv(INJECT_ENV, "opt:2,opt:3")  # step 3's call and its retry
+    with pytest.raises(OutOfMemoryAtFloor, match="changed nothing") as info:
+        run_trainer(tiny_config(tmp_path))
+    assert info.value.exit_code == 3 and "checkpoint-2" in str(info.value)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stopped"] == "oom_optimizer_step" and summary["optimizer_steps"] == 2
+
+
+def test_oom_after_the_optimizer_changed_the_model_stops_and_resume_finishes_exactly(tmp_path, monkeypatch):
+    from trainer.loop import OutOfMemoryAtFloor
+
+    base = run_trainer(tiny_config(tmp_path / "a"))
+    monkeypatch.setenv(INJECT_ENV, "optpost:2")  # step 3, after the update: a retry would apply it twice
+    with pytest.raises(OutOfMemoryAtFloor, match="cannot be retried exactly"):
+        run_trainer(tiny_config(tmp_path / "b"))
+    monkeypatch.delenv(INJECT_ENV)
+    resumed = run_trainer(tiny_config(tmp_path / "b"), resume=True)
+    assert resumed.optimizer_steps == 6
+    assert resumed.losses == base.losses[2:]  # from checkpoint-2, nothing of the half-applied step survived
