@@ -64,7 +64,7 @@ class EstimateConfig(BaseModel):
     lora: LoraSettings | None = None
     """LoRA adapters on a frozen base, or None for full fine-tuning."""
     num_processes: int = 1
-    """Data-parallel processes (each holds a full replica; only 1 is modelled per process)."""
+    """Data-parallel processes (DDP: each holds a full replica plus a flat copy of its gradients)."""
 
     @model_validator(mode="after")
     def _check(self) -> EstimateConfig:
@@ -372,6 +372,16 @@ def estimate(
                 f"traced at {got['depths'][0]} and {got['depths'][1]} layers, extrapolated to {shape.num_layers}"
             )
         notes.append(f"trace took {float(got['wall_s']):.1f} s")
+
+    if cfg.num_processes > 1:
+        # torch DDP's reducer keeps the gradients in flat communication buckets, a second copy of them
+        # for the process's lifetime (unless gradient_as_bucket_view=True, which accelerate does not set).
+        buckets = int(trainable) * (2 if cfg.precision == "bf16-pure" else 4)
+        parts["gradients"] = parts.get("gradients", 0) + buckets
+        live += buckets
+        sim_peak += buckets
+        notes.append(f"{cfg.num_processes} data-parallel processes: per process, plus DDP's gradient buckets "
+                     f"({buckets / 2**20:.0f} MiB)")
 
     if device == "cpu":
         peak = cpu_rss_from_sim(sim_peak, cal, churn)

@@ -94,6 +94,16 @@ def test_checkpointing_adds_a_heap_gap_to_the_closed_form():
     assert on.peak_bytes - on.live_tensor_bytes > off.peak_bytes - off.live_tensor_bytes
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_data_parallel_adds_ddp_gradient_buckets_per_process(device):
+    one = estimate(LLAMA, cfg(), device=device)
+    two = estimate(LLAMA, cfg(num_processes=2), device=device)
+    four = estimate(LLAMA, cfg(num_processes=4), device=device)
+    buckets = one.model_info.trainable_params * 4
+    assert two.breakdown.gradients - one.breakdown.gradients == buckets
+    assert two.peak_bytes - one.peak_bytes >= buckets and four.peak_bytes == two.peak_bytes  # per process
+
+
 def test_optimizers_order_by_state_size():
     states = {o: estimate(LLAMA, cfg(optimizer=o)).breakdown.optimizer_states
               for o in ("adamw", "sgd", "adamw8bit", "adafactor")}
