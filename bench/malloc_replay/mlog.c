@@ -1,5 +1,6 @@
 /* malloc logger for bench/malloc_replay: LD_PRELOAD it with MLOG_FILE=path; records every
- * malloc/calloc/realloc/free/posix_memalign (op 1/2/3) and mlog_mark(v) calls (op 9) as 32-byte records. */
+ * malloc/calloc/realloc/free/posix_memalign (op 1/2/3), mlog_mark(v) calls (op 9) and
+ * mlog_tensor(key, signed bytes) calls (op 5, fake tensors from the tracer) as 32-byte records. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stdint.h>
@@ -37,3 +38,4 @@ void*realloc(void*q,size_t s){ if(!r_realloc) init(); if(is_boot(q)){ void*p=r_m
 int posix_memalign(void**o,size_t al,size_t s){ if(!r_pm) init(); int rc=r_pm(o,al,s); if(!rc) logit(3,*o,s,al); return rc; }
 void*memalign(size_t al,size_t s){ if(!r_memalign) init(); void*p=r_memalign(al,s); logit(3,p,s,al); return p; }
 void*aligned_alloc(size_t al,size_t s){ if(!r_aligned_alloc) init(); void*p=r_aligned_alloc(al,s); logit(3,p,s,al); return p; }
+void mlog_tensor(uint64_t key, int64_t nbytes){ logit(5,(void*)key,(size_t)nbytes,0); }

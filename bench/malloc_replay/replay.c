@@ -1,5 +1,6 @@
 /* Replay a malloc log written by mlog.c through this process's glibc and print the peak growth of
  * (arena + mmapped bytes) after the start mark, i.e. what the heap would hold for that call sequence.
+ * Records of op 5 are tensors logged by the tracer (trace_drive.py): size > 0 allocates, < 0 frees.
  * Usage: replay LOG */
 #include <malloc.h>
 #include <stdint.h>
@@ -30,6 +31,13 @@ int main(int argc, char **argv) {
     rec_t *e = &r[i];
     if (e->op == 9) { /* marks; 1 = start of the measured region */
       if (e->aux == 1) { struct mallinfo2 m = mallinfo2(); base = peak = m.arena + m.hblkhd; started = 1; }
+      continue;
+    }
+    if (e->op == 5) { /* a traced tensor: positive size = allocate, negative = free */
+      uint64_t k = e->ptr | (1ULL << 63);
+      if ((int64_t)e->size > 0) { void *p = 0; if (!posix_memalign(&p, 64, e->size)) put(k, p);
+        if (started) { struct mallinfo2 m = mallinfo2(); if (m.arena + m.hblkhd > peak) peak = m.arena + m.hblkhd; } }
+      else { void *p = take(k); if (p) free(p); }
       continue;
     }
     if (e->op == 2) { void *p = take(e->ptr); if (p) free(p); continue; }

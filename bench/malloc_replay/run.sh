@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What makes the CPU heap grow: log every malloc/free of one real protocol run, replay the log through
-# glibc whole, tensors only, and without small blocks that outlive a tensor event (BENCHMARKS.md §2).
+# glibc whole, tensors only, and without small blocks that outlive a tensor event; then the traced dry
+# run of the same row with the tracer's own small allocations interleaved (BENCHMARKS.md §2).
 #   bash bench/malloc_replay/run.sh [FAMILY BATCH SEQ on|off fp32|bf16]   (default: gpt2-4x256 8 512 on fp32)
 # Needs gcc and glibc >= 2.33 (mallinfo2). Linux only. Writes to a temporary directory.
 set -euo pipefail
@@ -18,3 +19,7 @@ for mode in tensors-only no-lived-small; do
   "$py" "$here/filter.py" "$work/log.bin" "$work/$mode.bin" "$mode"
   printf '%-15s %s\n' "$mode:" "$("$work/replay" "$work/$mode.bin")"
 done
+# The same row's traced dry run (fake tensors), its own small allocations interleaved.
+# shellcheck disable=SC2086
+MLOG_FILE="$work/trace.bin" LD_PRELOAD="$work/mlog.so" "$py" "$here/trace_drive.py" ${args[*]} 2>/dev/null
+echo "traced run:     $("$work/replay" "$work/trace.bin")"
