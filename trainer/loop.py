@@ -307,6 +307,11 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         from safetensors.torch import load_model as load_safetensors
 
+        saved_optimizer = state.get("config", {}).get("optimizer", "adamw")
+        if saved_optimizer != self.config.optimizer:
+            raise UserInputError(
+                f"{self.resume_path.name} was trained with optimizer {saved_optimizer}, this run asks for "
+                f"{self.config.optimizer}; resume with optimizer: {saved_optimizer}, or start a new run (another --output)")
         load_safetensors(self.model, str(self.resume_path / "model.safetensors"), strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

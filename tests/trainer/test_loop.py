@@ -184,3 +184,13 @@ def test_oom_after_the_optimizer_changed_the_model_stops_and_resume_finishes_exa
     resumed = run_trainer(tiny_config(tmp_path / "b"), resume=True)
     assert resumed.optimizer_steps == 6
     assert resumed.losses == base.losses[2:]  # from checkpoint-2, nothing of the half-applied step survived
+
+
+def test_resume_with_another_optimizer_is_a_clear_error(tmp_path):
+    from overseer_plan.errors import UserInputError
+
+    run_trainer(tiny_config(tmp_path, optimizer="sgd", max_steps=2))
+    with pytest.raises(UserInputError, match="trained with optimizer sgd, this run asks for adamw"):
+        run_trainer(tiny_config(tmp_path, max_steps=4), resume=True)
+    resumed = run_trainer(tiny_config(tmp_path, optimizer="sgd", max_steps=4), resume=True)
+    assert resumed.optimizer_steps == 4
