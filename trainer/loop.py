@@ -52,7 +52,9 @@ INJECT_ENV = "OVERSEER_INJECT_OOM"
 attempts and retries included; evaluation and checkpointing's recomputation not) that raise a
 synthetic torch.OutOfMemoryError from inside the model, as if the allocator had failed there.
 `opt:N` raises at the start of the N-th optimizer.step() call (before it changes anything) and
-`optpost:N` at its end (after it changed the model), counting every call including retries."""
+`optpost:N` at its end (after it changed the model), counting every call including retries.
+`sticky:N` raises a sticky CUDA error ("illegal memory access") at micro-step N, in the first process
+only: a fresh process is what clears such an error, which is how the CLI recovers from it."""
 SCALE_UP_AFTER_STEPS = 20
 """Stable optimizer steps (no OOM, no pressure) before --scale-up tries one rung up."""
 SCALE_UP_FACTOR = 2.0
@@ -137,6 +139,9 @@ class _Injector:
     def __init__(self, spec: str | None):
         items = [x for x in (spec or "").replace(" ", "").split(",") if x]
         self.at = {int(x) for x in items if x.isdigit()}
+        first_process = os.environ.get("OVERSEER_RESTARTS", "0") == "0"
+        self.sticky = {int(x[7:]) for x in items if x.startswith("sticky:")} if first_process else set()
+        self.sticky_armed = False
         self.opt_pre = {int(x[4:]) for x in items if x.startswith("opt:")}
         self.opt_post = {int(x[8:]) for x in items if x.startswith("optpost:")}
         self.armed = False
@@ -144,8 +149,13 @@ class _Injector:
 
     def arm(self, index: int) -> None:
         self.armed = index in self.at
+        self.sticky_armed = index in self.sticky
 
     def hook(self, _module: Any, _args: Any) -> None:
+        if self.sticky_armed:
+            self.sticky_armed = False
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (synthetic: "
+                               f"{INJECT_ENV} sticky)")
         if self.armed:
             self.armed = False  # recomputation in backward (checkpointing) must not fire again
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (synthetic: "
@@ -323,7 +333,7 @@ class Trainer:
 
     def _install_injector(self) -> None:
         self.injector = _Injector(os.environ.get(INJECT_ENV))
-        if self.injector.at:
+        if self.injector.at or self.injector.sticky:
             # Hook a block in the middle so the failure leaves a partial graph behind, like a real OOM.
             target = _middle_block(self.accelerator.unwrap_model(self.model))
             self._hook = target.register_forward_pre_hook(self.injector.hook)

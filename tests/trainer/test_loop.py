@@ -194,3 +194,22 @@ def test_resume_with_another_optimizer_is_a_clear_error(tmp_path):
         run_trainer(tiny_config(tmp_path, max_steps=4), resume=True)
     resumed = run_trainer(tiny_config(tmp_path, optimizer="sgd", max_steps=4), resume=True)
     assert resumed.optimizer_steps == 4
+
+
+def test_a_sticky_device_error_restarts_the_cli_in_a_fresh_process_that_resumes(tmp_path):
+    from _train_helpers import cli_subprocess, write_config_yaml
+
+    whole = run_trainer(tiny_config(tmp_path / "whole"))
+    cfg = write_config_yaml(tmp_path / "cli")
+    # Micro-step 9 is step 5's second micro-batch: checkpoint-4 exists, steps 5 and 6 are redone.
+    proc = cli_subprocess(["train", "--config", str(cfg)], env={INJECT_ENV: "sticky:9"}, cache=tmp_path / "cache",
+                          stdout=-1, stderr=-1, text=True)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-2000:]
+    assert "illegal memory access" in err and "restart 1 of 3" in err
+    run = tmp_path / "cli" / "run"
+    events = read_jsonl(run / "events.jsonl")
+    assert [e["checkpoint"] for e in events if e["event"] == "resume"] == ["checkpoint-4"]
+    assert json.loads((run / "summary.json").read_text())["optimizer_steps"] == 6
+    losses = {m["step"]: m["loss"] for m in read_jsonl(run / "metrics.jsonl")}
+    assert [losses[i] for i in range(1, 7)] == pytest.approx(whole.losses, rel=1e-6)
