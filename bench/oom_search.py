@@ -51,10 +51,7 @@ def run_overseer(work: Path, cap: int, steps: int) -> dict:
     cmd = [sys.executable, "-m", "overseer_plan", "train", "--auto", "--model", str(work / "model"),
            "--batch-size", str(REQUEST["batch"]), "--gradient-accumulation-steps", "1",
            "--max-sequence-length", str(REQUEST["seq"]), "--max-steps", str(steps), "--output", str(run), "--cpu-only"]
-    t0 = time.time()
-    done = subprocess.run(cmd, env=_env(work / "cache"), preexec_fn=_capped(cap), capture_output=True, text=True,
-                          cwd=str(REPO), timeout=1800)
-    wall = time.time() - t0
+    done, wall = _run_capped(cmd, work, cap)
     if done.returncode != 0:
         return {"tool": "overseer", "error": done.stderr[-1500:], "returncode": done.returncode}
     summary = json.loads((run / "summary.json").read_text())
@@ -71,12 +68,17 @@ def run_overseer(work: Path, cap: int, steps: int) -> dict:
             "optimizer_steps": summary["optimizer_steps"], "plan": plan, "wall_s": round(wall, 1)}
 
 
-def run_hf(work: Path, cap: int, steps: int) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--hf-child", str(work), "--steps", str(steps)]
+def _run_capped(cmd: list[str], work: Path, cap: int) -> tuple[subprocess.CompletedProcess, float]:
+    """Run one tool under the address-space cap; its result and wall time."""
     t0 = time.time()
     done = subprocess.run(cmd, env=_env(work / "cache"), preexec_fn=_capped(cap), capture_output=True, text=True,
                           cwd=str(REPO), timeout=1800)
-    wall = time.time() - t0
+    return done, time.time() - t0
+
+
+def run_hf(work: Path, cap: int, steps: int) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--hf-child", str(work), "--steps", str(steps)]
+    done, wall = _run_capped(cmd, work, cap)
     if done.returncode != 0:
         return {"tool": "hf", "error": done.stderr[-1500:], "returncode": done.returncode}
     out = json.loads(done.stdout.strip().splitlines()[-1])

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from overseer_plan import _doctor_checks as mc
 from overseer_plan._doctor_checks import DoctorContext, Finding, Status
+from overseer_plan._model import StrictModel as _Model
 from overseer_plan.facts import FACTS
 from overseer_plan.hardware import Hardware
 from overseer_plan.modes import ModeAdvice
@@ -30,10 +31,6 @@ from overseer_plan.rules import Condition, PracticeRule, RequirementRule, Rulebo
 from overseer_plan.units import GB, fmt_bytes
 
 REPORT_HINT = "overseer doctor --report > overseer-env.md"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class Check(_Model):

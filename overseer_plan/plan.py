@@ -17,18 +17,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from overseer_plan._model import StrictModel as _Model
 from overseer_plan.config import TrainingConfig
 from overseer_plan.hardware import Hardware
 from overseer_plan.rules import Rulebook
 
 Device = Literal["cpu", "cuda", "mps"]
 DEFAULT_MODEL = "overseer-tiny"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class Workload(_Model):

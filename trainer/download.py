@@ -27,9 +27,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from overseer_plan._io import atomic_write_text, fsync_dir
+from overseer_plan._model import StrictModel as _Model
 from overseer_plan.errors import UserInputError
 from overseer_plan.units import GiB
 from trainer import _http
@@ -43,10 +44,6 @@ except ImportError:  # pragma: no cover
 DEFAULT_MAX_BYTES = 10 * GiB
 Progress = Callable[[int, "int | None"], None]
 """progress(done_bytes, total_bytes or None when the server did not say)."""
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class ManifestEntry(_Model):

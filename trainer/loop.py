@@ -80,6 +80,10 @@ class RestartRequired(OverseerError):
     exit_code = 75
 
 
+RESTART_ENV = "OVERSEER_RESTARTS"
+"""How many times this run has re-executed itself after a sticky device error."""
+
+
 class Reporter(Protocol):
     """What the loop tells its user: the CLI renders a progress bar; the default says nothing."""
 
@@ -139,7 +143,7 @@ class _Injector:
     def __init__(self, spec: str | None):
         items = [x for x in (spec or "").replace(" ", "").split(",") if x]
         self.at = {int(x) for x in items if x.isdigit()}
-        first_process = os.environ.get("OVERSEER_RESTARTS", "0") == "0"
+        first_process = os.environ.get(RESTART_ENV, "0") == "0"
         self.sticky = {int(x[7:]) for x in items if x.startswith("sticky:")} if first_process else set()
         self.sticky_armed = False
         self.opt_pre = {int(x[4:]) for x in items if x.startswith("opt:")}
@@ -338,7 +342,7 @@ class Trainer:
             target = _middle_block(self.accelerator.unwrap_model(self.model))
             self._hook = target.register_forward_pre_hook(self.injector.hook)
         if self.injector.opt_pre or self.injector.opt_post:
-            inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps it
+            inner = self._inner_optimizer
             inner.register_step_pre_hook(self.injector.before_step)
             inner.register_step_post_hook(self.injector.after_step)
 
@@ -465,9 +469,14 @@ class Trainer:
         self.oom_rungs.add(_rung_key(self.config))
         self._step_down(reason=f"OOM: {message}")
 
+    @property
+    def _inner_optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer itself (accelerate wraps it)."""
+        return getattr(self.optimizer, "optimizer", self.optimizer)
+
     def _optimizer_state_versions(self) -> tuple[list[int], dict[int, list[int]]]:
         """In-place version counters of every parameter and existing optimizer-state tensor."""
-        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        inner = self._inner_optimizer
         params = [p for g in inner.param_groups for p in g["params"]]
         states = {id(p): [t._version for t in inner.state[p].values() if isinstance(t, torch.Tensor)]
                   for p in params if p in inner.state}
@@ -491,7 +500,7 @@ class Trainer:
         versions, states = self._optimizer_state_versions()
         changed = versions != before[0] or any(states.get(k) != v for k, v in before[1].items())
         if not changed:  # states created by the failed call are fresh zeros: drop them, the retry recreates them
-            inner = getattr(self.optimizer, "optimizer", self.optimizer)
+            inner = self._inner_optimizer
             for p in [p for g in inner.param_groups for p in g["params"]]:
                 if id(p) not in before[1] and p in inner.state:
                     del inner.state[p]
@@ -520,7 +529,7 @@ class Trainer:
                 f"out of memory inside the optimizer step at step {self.step + 1}, after it had updated part of the "
                 f"model, so the step cannot be retried exactly; nothing was saved since, and {kept} (continue with "
                 "--resume once memory is free); if it recurs, use optimizer: adafactor (smaller state) or a smaller model")
-        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        inner = self._inner_optimizer
         if any(g.get("foreach") is not False for g in inner.param_groups) and self.device.type != "cpu":
             for g in inner.param_groups:
                 g["foreach"] = False

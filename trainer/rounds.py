@@ -18,18 +18,15 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from overseer_plan._io import atomic_write_text
+from overseer_plan._model import StrictModel as _Model
 from overseer_plan.errors import UserInputError
 from trainer.sources import ResolvedSource
 
 MANIFEST_NAME = "continuous_manifest.json"
 ROUNDS_NAME = "rounds.json"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class RoundFile(_Model):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from overseer_plan.config import TrainingConfig
-from trainer.loop import Reporter, Trainer, TrainResult
+from trainer.loop import RESTART_ENV, Reporter, Trainer, TrainResult
 from trainer.oom import OomPolicy
 
 EMBEDDED_DEFAULTS: dict[str, Any] = {
@@ -35,8 +35,6 @@ EMBEDDED_DEFAULTS: dict[str, Any] = {
     "logging_steps": 4,
     "save_steps": 20,
 }
-RESTART_ENV = "OVERSEER_RESTARTS"
-"""How many times this run has re-executed itself after a sticky device error."""
 MAX_RESTARTS = 3
 
 

@@ -1,0 +1,11 @@
+"""The strict pydantic base shared by Overseer's data models."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors (a typo in a file is reported, not ignored); attribute docstrings are field docs."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
