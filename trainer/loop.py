@@ -450,7 +450,7 @@ class Trainer:
             verdict = self.policy.classify(e)
             if verdict is None:
                 raise
-            return (verdict, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"), 0.0
+            return (verdict, _one_line(e)), 0.0
 
     def _recover(self, verdict: str, message: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)  # drop the partial step's gradients
@@ -496,7 +496,7 @@ class Trainer:
             verdict = self.policy.classify(e)
             if verdict is None:
                 raise
-            message = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            message = _one_line(e)
         versions, states = self._optimizer_state_versions()
         changed = versions != before[0] or any(states.get(k) != v for k, v in before[1].items())
         if not changed:  # states created by the failed call are fresh zeros: drop them, the retry recreates them
@@ -776,6 +776,12 @@ class Trainer:
 # ---------------------------------------------------------------------- helpers
 _RUNG_FIELDS = ("batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "mixed_precision",
                 "max_sequence_length")
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one log line: its type and the first line of its message."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:200]}"
 
 
 def _rung_fields(config: dict[str, Any]) -> dict[str, Any]:
