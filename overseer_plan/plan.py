@@ -355,11 +355,15 @@ def _search(hw: Hardware, wl: Workload, base: TrainingConfig, model: str, device
                     out.append(_judge(hw, wl, base, model, c))
     ranked = sorted(out, key=lambda c: (c.rejected is not None, -c.score, -c.max_sequence_length, -c.batch_size, c.gradient_checkpointing))
     kept = _keep_preset_split(ranked, base, device)
+    top = ranked[0].score if ranked else 0.0
     for c in ranked[1:]:
-        if c.rejected is None:
-            c.rejected = (f"fits, and the model scores it {c.score:.3f} vs {ranked[0].score:.3f}, but that is within the "
-                          f"GPU throughput model's margin, so the preset's micro-batch is kept") if kept and c.score > ranked[0].score \
-                else f"fits, but slower (score {c.score:.3f} vs {ranked[0].score:.3f})"
+        if c.rejected is not None:
+            continue
+        if kept and c.score > top:
+            c.rejected = (f"fits, and the model scores it {c.score:.3f} vs {top:.3f}, but that is within the GPU "
+                          "throughput model's margin, so the preset's micro-batch is kept")
+        else:
+            c.rejected = f"fits, but slower (score {c.score:.3f} vs {top:.3f})"
     return ranked
 
 
