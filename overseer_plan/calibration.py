@@ -19,6 +19,10 @@ tensors at its peak while ru_maxrss grows 1694 MiB. Four causes, modelled in tur
    objects: a constant. 3 and 4 are fitted by
    `overseer estimate --calibrate` on a calibration model that is *not* any benchmark
    shape, and stored per machine and torch version.
+Where glibc allows it, traced CPU estimates replace 1 and 3 by the real thing: heap_replay.py
+allocates the traced tensors through this machine's glibc next to the tracer's own small
+blocks, and only a constant is added (`CpuFactors.replay_constant_bytes`). The tensor-level
+model above is the fallback (and the analytic method's stand-in).
 
 CUDA (no GPU here, so these are literature constants, unmeasured on this machine):
 context 300-500 MiB (NAIRR GPU guide; Fujii et al. 2024, arXiv 2411.06465), cuBLAS
@@ -62,6 +66,10 @@ class CpuFactors(BaseModel):
     autograd nodes, Python objects) are carved out of freed tensor holes, which then no longer
     fit the next step's same-sized tensor nor coalesce, so the heap keeps growing (measured
     with mallinfo2: 634 -> 730 -> 858 MiB main arena after backward 1/2/3, ~180 MiB in use)."""
+    replay_constant_bytes: int | None = None
+    """Bytes ru_maxrss grows beyond the real-allocator replay's heap growth (heap_replay.py): code
+    pages and model-class imports touched by the first step, thread stacks and per-thread arenas,
+    pymalloc's own mmapped arenas. None: not fitted, the replay is not used."""
     provenance: str
     """How these numbers were obtained."""
 
@@ -118,8 +126,14 @@ DEFAULTS = Calibration(
             "the calibration models only (3-step trace replay). Points, measured / replayed / churn MiB: "
             "llama-style 3x192 2x256 358/179/267, 6x384 669/527/549, 6x384 ckpt 588/451/714 (2 runs); "
             "gpt2-style 3x192 2x384 414/263/406, 6x256 612/443/665, 6x384 ckpt 741/496/1630 (2 runs: 701, 781). "
-            "Result 0.0647 per churned byte + 124.9 MiB; scale fixed at 1.0"
+            "Result 0.0647 per churned byte + 124.9 MiB; scale fixed at 1.0. "
+            "replay_constant_bytes: mean of measured - replayed heap growth (heap_replay.py, the larger of 2 "
+            "processes, as estimate() uses it) over the same six calibration runs, re-measured 2026-11-24 evening, "
+            "3 runs each; measured / replayed / difference MiB: llama-style 2x256 349/205/144, 6x384 674/565/109, "
+            "6x384 ckpt 625/509/116; gpt2-style 2x384 412/311/101, 6x256 617/502/115, 6x384 ckpt 704/616/88. "
+            "Result 112.1 MiB (an earlier fit with the largest of 3 replays gave 121.1 MiB)"
         ),
+        replay_constant_bytes=117_562_482,
     ),
     cuda=CudaFactors(
         context_bytes=400 * MiB,
@@ -302,6 +316,11 @@ def cpu_rss_from_sim(sim_peak_bytes: float, cal: Calibration, churn_bytes: float
     return int(round(cal.cpu.scale * sim_peak_bytes + frag + cal.cpu.constant_bytes))
 
 
+def cpu_rss_from_replay(heap_growth_bytes: float, cal: Calibration) -> int:
+    """Predicted ru_maxrss growth from the real-allocator replay's heap growth (heap_replay.py)."""
+    return int(round(heap_growth_bytes + (cal.cpu.replay_constant_bytes or 0)))
+
+
 def cuda_from_live(live_peak_bytes: float, cal: Calibration) -> int:
     """Predicted device peak (what nvidia-smi shows for the process) from live bytes."""
     c = cal.cuda
@@ -319,6 +338,7 @@ def calibrate(*, write: bool = True, repeats: int = 2) -> Calibration:
     """
     import torch
 
+    from overseer_plan import heap_replay
     from overseer_plan._measure import measure
     from overseer_plan.estimate import EstimateConfig
     from overseer_plan.models import resolve_model_config
@@ -335,23 +355,29 @@ def calibrate(*, write: bool = True, repeats: int = 2) -> Calibration:
             "peak_delta_bytes": sum(r["peak_delta_bytes"] for r in reals) / repeats,
             "rss_after_import_bytes": sum(r["rss_after_import_bytes"] for r in reals) / repeats,
         }
-        tr = trace_peak(resolve_model_config(dict(model)),
-                        EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt))
+        config = resolve_model_config(dict(model))
+        settings = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt)
+        tr = trace_peak(config, settings)
         sim = tr.extrapolate([simulate_glibc(r.events) for r in tr.runs])
         churn = tr.extrapolate([heap_churn(r.events) for r in tr.runs])
+        replayed = heap_replay.replay(config, settings, [tr.num_layers])
         points.append({
             "model_type": model["model_type"], "batch_size": b, "seq_len": s, "gradient_checkpointing": ckpt,
             "measured_bytes": int(real["peak_delta_bytes"]), "simulated_bytes": int(sim),
             "churn_bytes": int(churn), "import_rss_bytes": int(real["rss_after_import_bytes"]),
+            # The statistic estimate() uses: the largest heap of the replay's processes.
+            "replay_bytes": max(r["growth"] for r in replayed[0]) if replayed else None,
         })
     churn_fraction, constant = fit_churn_factors(
         [(p["simulated_bytes"], p["churn_bytes"], p["measured_bytes"]) for p in points])
+    replay_constant = fit_replay_constant(
+        [(p["replay_bytes"], p["measured_bytes"]) for p in points if p["replay_bytes"] is not None])
     scale = 1.0
     cal = Calibration(
         torch_version=torch.__version__,
         machine=f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs",
         cpu=CpuFactors(scale=scale, constant_bytes=constant, churn_fraction=round(churn_fraction, 4),
-                       provenance=f"fitted by `overseer estimate --calibrate` on {platform.node()}"),
+                       replay_constant_bytes=replay_constant, provenance=f"fitted by `overseer estimate --calibrate` on {platform.node()}"),
         cuda=DEFAULTS.cuda,
         import_rss_bytes=int(sum(p["import_rss_bytes"] for p in points) / len(points)),
         points=points,
@@ -374,6 +400,13 @@ def fit_churn_factors(points: list[tuple[float, float, float]]) -> tuple[float, 
     scc = sum((c - mc) ** 2 for c, _ in resid)
     frac = max(0.0, sum((c - mc) * (r - mr) for c, r in resid) / scc) if scc > 0 else 0.0
     return frac, max(0, int(round(mr - frac * mc)))
+
+
+def fit_replay_constant(points: list[tuple[float, float]]) -> int | None:
+    """The mean of measured - replayed heap growth over (replayed, measured) points; None without points."""
+    if not points:
+        return None
+    return max(0, int(round(sum(y - x for x, y in points) / len(points))))
 
 
 def fit_cpu_factors(pairs: list[tuple[float, float]]) -> tuple[float, int]:

@@ -233,7 +233,7 @@ def _trace_cache_key(fingerprint: str, cfg: EstimateConfig, device: str) -> str:
     for part in (fingerprint, cfg.model_dump_json(), device, version("torch"), version("transformers")):
         h.update(part.encode() + b"\0")
     here = Path(__file__).parent
-    for name in ("trace.py", "calibration.py", "estimate.py"):
+    for name in ("trace.py", "calibration.py", "estimate.py", "heap_replay.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()[:40]
 
@@ -256,6 +256,8 @@ def _read_trace_cache(key: str) -> dict[str, Any] | None:
         int(got["live"]), float(got["churn"]), float(got["wall_s"]), str(got["phase"])
         if got["sim_peak"] is not None:
             float(got["sim_peak"])
+        if got.get("growth") is not None:
+            float(got["growth"]), float(got["growth_min"]), int(got["repeats"])
         if not isinstance(got["parts"], dict) or not isinstance(got["depths"], list):
             return None
         return got
@@ -272,6 +274,60 @@ def _write_trace_cache(key: str, result: dict[str, Any]) -> None:
         atomic_write_text(_trace_cache_path(key), json.dumps({"key": key, "result": result}))
     except OSError:
         pass
+
+
+def _trace(config: Any, cfg: EstimateConfig, device: str) -> dict[str, Any]:
+    """The traced dry run's results, as cached: live peak, breakdown, phase and the heap models' inputs.
+
+    On CPU, with glibc, each depth runs in fresh processes under the real-allocator replay
+    (heap_replay.py); otherwise in this process, with the tensor-level allocator model only.
+    """
+    import time
+
+    from overseer_plan import heap_replay
+    from overseer_plan.calibration import churn_microbatches, heap_churn, simulate_glibc
+    from overseer_plan.trace import trace_depths, trace_peak
+
+    t0 = time.perf_counter()
+    # Two micro-batches per step show everything accumulation does to memory (gradients stay alive
+    # from the first micro-batch on; each later one repeats the same pattern), and tracing GA=32
+    # would cost 16x the time for the same peak.
+    traced_cfg = cfg.model_copy(update={"grad_accum": min(cfg.grad_accum, 2)})
+    # The churn allowance was fitted per micro-batch, then counts as many as `churn_microbatches` says
+    # (calibration.ACCUM_CHURN_MICROBATCHES).
+    churn_scale = churn_microbatches(cfg.grad_accum) / traced_cfg.grad_accum
+    depths = trace_depths(config)
+    runs = heap_replay.replay(config, traced_cfg, depths) if device == "cpu" else None
+    if runs is not None:
+        first = [r[0] for r in runs]
+
+        def extra(values: list[float]) -> float:
+            return _extrapolate(depths, values, int(config.num_hidden_layers))
+
+        return {
+            "live": int(round(extra([r["live"] for r in first]))), "phase": first[-1]["phase"].rstrip("0123456789"),
+            "parts": {k: int(round(extra([r["parts"][k] for r in first]))) for k in first[-1]["parts"]},
+            "sim_peak": extra([r["sim_peak"] for r in first]), "churn": extra([r["churn"] for r in first]) * churn_scale,
+            # The largest heap of the repeats: it varies between processes, as the real run's does.
+            "growth": extra([max(x["growth"] for x in r) for r in runs]),
+            "growth_min": extra([min(x["growth"] for x in r) for r in runs]),
+            "repeats": len(runs[0]), "depths": depths, "wall_s": time.perf_counter() - t0,
+        }
+    tr = trace_peak(config, traced_cfg, device=device)
+    return {
+        "live": tr.live_peak_bytes, "parts": tr.breakdown, "phase": tr.peak_phase,
+        "sim_peak": tr.extrapolate([simulate_glibc(r.events) for r in tr.runs]) if device == "cpu" else None,
+        "churn": tr.extrapolate([heap_churn(r.events) for r in tr.runs]) * churn_scale if device == "cpu" else 0.0,
+        "growth": None, "depths": [r.num_layers for r in tr.runs], "wall_s": tr.wall_s,
+    }
+
+
+def _extrapolate(depths: list[int], values: list[float], num_layers: int) -> float:
+    """A per-depth quantity at the model's full depth (linear in the layer count; see trace_peak)."""
+    if len(depths) == 1:
+        return float(values[0])
+    (l1, v1), (l2, v2) = zip(depths, values, strict=True)
+    return v1 + (v2 - v1) * (num_layers - l1) / (l2 - l1)
 
 
 def estimate(
@@ -296,7 +352,12 @@ def estimate(
     import time
 
     from overseer_plan import _analytic
-    from overseer_plan.calibration import cpu_rss_from_sim, cuda_from_live, load_calibration
+    from overseer_plan.calibration import (
+        cpu_rss_from_replay,
+        cpu_rss_from_sim,
+        cuda_from_live,
+        load_calibration,
+    )
 
     t0 = time.perf_counter()
     cfg = config if config is not None else EstimateConfig()
@@ -320,6 +381,7 @@ def estimate(
             )
     cal, notes = load_calibration()
     notes = list(notes)
+    heap_growth: float | None = None  # CPU heap growth from the real-allocator replay, when it ran
 
     if method == "analytic":
         mem = _analytic.step_memory(shape, cfg, device)
@@ -338,35 +400,29 @@ def estimate(
         else:
             churn = 0.0
     else:
-        from overseer_plan.calibration import churn_microbatches, heap_churn, simulate_glibc
-        from overseer_plan.trace import trace_peak
-
         trainable = (
             _analytic.lora_params(shape, cfg.lora.rank, cfg.lora.targets) if cfg.lora else shape.num_params
         )
         cache_key = _trace_cache_key(fingerprint, cfg, device)
         got = _read_trace_cache(cache_key)
         if got is None:
-            # Two micro-batches per step show everything accumulation does to memory (gradients
-            # stay alive from the first micro-batch on; each later one repeats the same pattern),
-            # and tracing GA=32 would cost 16x the time for the same peak.
-            traced_cfg = cfg.model_copy(update={"grad_accum": min(cfg.grad_accum, 2)})
-            tr = trace_peak(resolved.config, traced_cfg, device=device)
-            got = {
-                "live": tr.live_peak_bytes, "parts": tr.breakdown, "phase": tr.peak_phase,
-                "sim_peak": tr.extrapolate([simulate_glibc(r.events) for r in tr.runs]) if device == "cpu" else None,
-                # Per micro-batch, then as many as `churn_microbatches` says: the allowance was fitted on
-                # steps of one micro-batch (calibration.ACCUM_CHURN_MICROBATCHES).
-                "churn": (tr.extrapolate([heap_churn(r.events) for r in tr.runs]) / traced_cfg.grad_accum
-                          * churn_microbatches(cfg.grad_accum) if device == "cpu" else 0.0),
-                "depths": [r.num_layers for r in tr.runs], "wall_s": tr.wall_s,
-            }
+            got = _trace(resolved.config, cfg, device)
             _write_trace_cache(cache_key, got)
         else:
             notes.append("trace: reused this machine's cached result for the same config and versions")
         live, parts, phase = int(got["live"]), {k: int(v) for k, v in got["parts"].items()}, str(got["phase"])
         sim_peak = float(got["sim_peak"]) if got["sim_peak"] is not None else float(live)
         churn = float(got["churn"])
+        growth = got.get("growth")
+        if device == "cpu" and growth is not None and cal.cpu.replay_constant_bytes is not None:
+            heap_growth = float(growth)
+            notes.append(f"cpu: heap from the real-allocator replay, largest of {got['repeats']} processes "
+                         f"({float(got['growth_min']) / 2**20:.0f}-{heap_growth / 2**20:.0f} MiB)")
+        elif device == "cpu" and growth is not None:
+            notes.append("cpu: the calibration in use has no real-allocator replay constant (re-run --calibrate); "
+                         "tensor-level allocator model used")
+        elif device == "cpu":
+            notes.append("cpu: real-allocator replay unavailable here; tensor-level allocator model used")
         if len(got["depths"]) > 1:
             notes.append(
                 f"traced at {got['depths'][0]} and {got['depths'][1]} layers, extrapolated to {shape.num_layers}"
@@ -380,10 +436,15 @@ def estimate(
         parts["gradients"] = parts.get("gradients", 0) + buckets
         live += buckets
         sim_peak += buckets
+        heap_growth = heap_growth + buckets if heap_growth is not None else None
         notes.append(f"{cfg.num_processes} data-parallel processes: per process, plus DDP's gradient buckets "
                      f"({buckets / 2**20:.0f} MiB)")
 
-    if device == "cpu":
+    if device == "cpu" and heap_growth is not None:
+        peak = cpu_rss_from_replay(heap_growth, cal)
+        host = peak + cal.import_rss_bytes
+        notes.append("cpu: peak_bytes is RSS growth over the post-import baseline; host_peak adds the baseline")
+    elif device == "cpu":
         peak = cpu_rss_from_sim(sim_peak, cal, churn)
         host = peak + cal.import_rss_bytes
         notes.append("cpu: peak_bytes is RSS growth over the post-import baseline; host_peak adds the baseline")

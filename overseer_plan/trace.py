@@ -60,7 +60,7 @@ _CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations", "te
 class _AllocLog:
     """TorchDispatchMode recording new storages and their release (via weakref callbacks)."""
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", events: list | None = None) -> None:
         from torch.utils._python_dispatch import TorchDispatchMode
 
         log = self
@@ -71,7 +71,8 @@ class _AllocLog:
                 return log._dispatch(func, args, kwargs or {})
 
         self.mode = _Mode()
-        self.events: list[tuple[int, int, str]] = []
+        # A caller's list subclass can act on each event as it happens (heap_replay.py does).
+        self.events: list[tuple[int, int, str]] = events if events is not None else []
         self.phase = "setup"
         self._live: dict[int, int] = {}  # id(storage object) -> key
         self._refs: dict[int, Any] = {}
@@ -375,7 +376,8 @@ def _EightBitAdamStandIn(params: list) -> Any:
     return EightBit(params)
 
 
-def _run(config: PretrainedConfig, cfg: EstimateConfig, device: str, num_layers: int) -> tuple[_AllocLog, dict]:
+def _run(config: PretrainedConfig, cfg: EstimateConfig, device: str, num_layers: int,
+         events: list | None = None) -> tuple[_AllocLog, dict]:
     """Build the model on fake tensors and run `_STEPS` optimizer steps under the allocation log."""
     import torch
     import transformers
@@ -384,7 +386,7 @@ def _run(config: PretrainedConfig, cfg: EstimateConfig, device: str, num_layers:
     config = copy.deepcopy(config)
     _set_num_layers(config, num_layers)
     config.use_cache = False
-    log = _AllocLog(device)
+    log = _AllocLog(device, events)
     info: dict[str, Any] = {"param_keys": set(), "grad_keys": set(), "opt_keys": set()}
     dtype = torch.bfloat16 if cfg.precision == "bf16-pure" else torch.float32
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
@@ -515,7 +517,14 @@ class TraceResult:
         return {k: int(round(self.extrapolate([r.breakdown[k] for r in self.runs]))) for k in keys}
 
 
-def trace_peak(config: PretrainedConfig, cfg: EstimateConfig, *, device: str = "cpu") -> TraceResult:
+def trace_depths(config: PretrainedConfig) -> list[int]:
+    """The layer counts `trace_peak` traces: the model's own, or two reduced ones for deep models."""
+    n_layers = int(config.num_hidden_layers)
+    return [n_layers] if n_layers <= _FULL_TRACE_MAX_LAYERS else list(_REDUCED_LAYERS)
+
+
+def trace_peak(config: PretrainedConfig, cfg: EstimateConfig, *, device: str = "cpu",
+               depths: list[int] | None = None, events: Any = None) -> TraceResult:
     """Dry-run the protocol's training steps of `config` under `cfg` on fake tensors and log their memory.
 
     Models deeper than `_FULL_TRACE_MAX_LAYERS` are traced at two reduced depths; callers
@@ -523,13 +532,15 @@ def trace_peak(config: PretrainedConfig, cfg: EstimateConfig, *, device: str = "
     parameters, gradients, states and saved activations all grow by one layer's worth per
     layer (Korthikanti et al. 2022, arXiv 2205.05198, Sec. 4), and fake ops cost time per op,
     not per byte, so depth is the only thing that makes a trace slow.
+
+    `depths` overrides which layer counts are traced; `events`, a factory of list-likes, gets
+    each run's events as they happen (`heap_replay.py` allocates them for real).
     """
     t0 = time.perf_counter()
     n_layers = int(config.num_hidden_layers)
-    depths = [n_layers] if n_layers <= _FULL_TRACE_MAX_LAYERS else list(_REDUCED_LAYERS)
     runs = []
-    for depth in depths:
-        log, info = _run(config, cfg, device, depth)
+    for depth in depths or trace_depths(config):
+        log, info = _run(config, cfg, device, depth, events() if events else None)
         peak, phase, breakdown = _analyse(log, info)
         runs.append(TraceRun(depth, peak, phase, breakdown, log.events))
     return TraceResult(

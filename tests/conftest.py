@@ -21,3 +21,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _no_heap_replay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Traced CPU estimates use the in-process allocator model: the real-allocator replay starts
+    three processes per estimate, so only its own tests (test_heap_replay.py) switch it back on."""
+    monkeypatch.setenv("OVERSEER_HEAP_REPLAY", "0")

@@ -62,9 +62,11 @@ def estimate_command(
         from overseer_plan.calibration import calibration_path
 
         cal = run_calibration()
+        replay = (f"{cal.cpu.replay_constant_bytes / 2**20:.0f} MiB over the real-allocator replay"
+                  if cal.cpu.replay_constant_bytes is not None else "replay unavailable here")
         typer.echo(
-            f"calibrated: scale {cal.cpu.scale:.3f}, constant {cal.cpu.constant_bytes / 2**20:.0f} MiB "
-            f"-> {calibration_path()}",
+            f"calibrated: {cal.cpu.churn_fraction:.4f} x heap churn + {cal.cpu.constant_bytes / 2**20:.0f} MiB "
+            f"over the allocator model; {replay} -> {calibration_path()}",
             err=True,
         )
     est = estimate(model, cfg, device=device, method=method)  # type: ignore[arg-type]

@@ -1,0 +1,76 @@
+"""The real-allocator replay (overseer_plan/heap_replay.py) and how traced CPU estimates use it."""
+
+from __future__ import annotations
+
+import pytest
+
+from overseer_plan import heap_replay
+from overseer_plan.calibration import DEFAULTS, fit_replay_constant
+from overseer_plan.estimate import EstimateConfig, estimate
+from overseer_plan.models import resolve_model_config
+
+GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 128, "n_head": 4, "vocab_size": 2000, "n_positions": 1024}
+needs_glibc = pytest.mark.skipif(heap_replay._libc() is None, reason="needs Linux with glibc >= 2.33")
+
+
+@pytest.fixture(autouse=True)
+def _replay_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("OVERSEER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(heap_replay.ENV_SWITCH, raising=False)
+
+
+@needs_glibc
+def test_replay_allocates_the_traced_tensors_without_touching_them():
+    settings = EstimateConfig(batch_size=8, seq_len=512)
+    got = heap_replay.run_job_in_subprocess(resolve_model_config(dict(GPT2)), settings, depth=2)
+    assert got is not None
+    # Every live traced byte was really allocated, so the heap grew at least by the live peak ...
+    assert got["growth"] >= 0.9 * got["live"] > 50 * 2**20
+    # ... while the process's resident memory did not: the pages were never written.
+    assert got["maxrss_growth"] < 0.25 * got["growth"]
+
+
+@needs_glibc
+def test_traced_cpu_estimate_is_the_largest_replayed_heap_plus_the_calibrated_constant():
+    settings = EstimateConfig(batch_size=4, seq_len=256)
+    runs = heap_replay.replay(resolve_model_config(dict(GPT2)), settings, [2], repeats=2)
+    assert runs is not None and len(runs) == 1 and len(runs[0]) == 2
+    est = estimate(GPT2, settings, method="traced")
+    assert any("real-allocator replay, largest of 2 processes" in n for n in est.notes)
+    heap = est.peak_bytes - DEFAULTS.cpu.replay_constant_bytes
+    # The heap varies between processes (that is why the largest of several is kept), but a
+    # heap smaller than the live tensors or several times larger would be a broken replay.
+    assert est.live_tensor_bytes * 0.9 <= heap <= est.live_tensor_bytes * 4
+
+
+def test_switched_off_or_unavailable_falls_back_to_the_allocator_model(monkeypatch):
+    monkeypatch.setenv(heap_replay.ENV_SWITCH, "0")
+    assert not heap_replay.available()
+    assert heap_replay.replay(resolve_model_config(dict(GPT2)), EstimateConfig(), [2]) is None
+    est = estimate(GPT2, EstimateConfig(batch_size=2, seq_len=128), method="traced")
+    assert any("replay unavailable" in n for n in est.notes)
+
+
+@needs_glibc
+def test_a_failing_replay_process_falls_back_instead_of_failing(monkeypatch):
+    # A model type the subprocess cannot build makes every replay process exit non-zero.
+    config = resolve_model_config(dict(GPT2))
+    monkeypatch.setattr(type(config), "to_dict", lambda self: {"model_type": "no-such-model"})
+    assert heap_replay.replay(config, EstimateConfig(batch_size=1, seq_len=64), [2], repeats=1) is None
+
+
+def test_replay_constant_is_the_mean_residual_and_never_negative():
+    assert fit_replay_constant([(100, 150), (200, 230)]) == 40
+    assert fit_replay_constant([(100, 90)]) == 0
+    assert fit_replay_constant([]) is None
+
+
+@needs_glibc
+def test_a_calibration_without_a_replay_constant_keeps_the_allocator_model(tmp_path):
+    from overseer_plan.calibration import calibration_path
+
+    cal = DEFAULTS.model_copy(update={"cpu": DEFAULTS.cpu.model_copy(update={"replay_constant_bytes": None})})
+    calibration_path().parent.mkdir(parents=True, exist_ok=True)
+    calibration_path().write_text(cal.model_dump_json())
+    est = estimate(GPT2, EstimateConfig(batch_size=2, seq_len=128), method="traced")
+    assert any("no real-allocator replay constant" in n for n in est.notes)
