@@ -40,9 +40,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from overseer_plan._io import atomic_write_text
+from overseer_plan._model import StrictModel
 
 MiB = 1024**2
 _PAGE = 4096
@@ -51,10 +52,9 @@ _MMAP_THRESHOLD_MAX = 32 * MiB  # glibc DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 _CHUNK_OVERHEAD = 8 + 64  # malloc header + c10 alloc_cpu's 64-byte posix_memalign slack
 
 
-class CpuFactors(BaseModel):
+class CpuFactors(StrictModel):
     """peak RSS growth = scale * simulated allocator peak + constant_bytes."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     scale: float
     """Multiplier on the allocator-model peak (heap fragmentation beyond the model, untraced buffers)."""
@@ -74,10 +74,9 @@ class CpuFactors(BaseModel):
     """How these numbers were obtained."""
 
 
-class CudaFactors(BaseModel):
+class CudaFactors(StrictModel):
     """peak = (1 + reserved_slack) * rounded live bytes + context + cuBLAS workspace."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     context_bytes: int
     """CUDA context and kernel images (invisible to the caching allocator)."""
@@ -93,10 +92,9 @@ class CudaFactors(BaseModel):
     """How these numbers were obtained."""
 
 
-class Calibration(BaseModel):
+class Calibration(StrictModel):
     """Per-machine factors, stored in the calibration file."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     torch_version: str
     """torch.__version__ the factors were fitted with."""

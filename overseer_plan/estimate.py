@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from overseer_plan._model import StrictModel
 from overseer_plan.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -31,10 +32,9 @@ Method = Literal["analytic", "traced"]
 Phase = Literal["forward", "backward", "optimizer"]
 
 
-class LoraSettings(BaseModel):
+class LoraSettings(StrictModel):
     """LoRA adapters on a frozen base (Hu et al. 2021, arXiv 2106.09685)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     rank: int = Field(8, ge=1)
     """Adapter rank r."""
@@ -42,10 +42,9 @@ class LoraSettings(BaseModel):
     """Linear module names to adapt (e.g. ['q_proj', 'v_proj']); None = peft's default for the family."""
 
 
-class EstimateConfig(BaseModel):
+class EstimateConfig(StrictModel):
     """The training settings that decide a step's memory."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     batch_size: int = 1
     """Micro-batch size (sequences per forward pass)."""
@@ -124,10 +123,9 @@ class EstimateConfig(BaseModel):
         )
 
 
-class ModelInfo(BaseModel):
+class ModelInfo(StrictModel):
     """Parameter census of the estimated model."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     name: str
     """What the model was resolved from (catalogue name, path, Hub id or 'config')."""
@@ -143,10 +141,9 @@ class ModelInfo(BaseModel):
     """Longest sequence the config allows, when it says."""
 
 
-class Breakdown(BaseModel):
+class Breakdown(StrictModel):
     """Bytes at the peak, by what holds them."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     parameters: int
     """Weights (fp32 master weights under autocast; bf16 for bf16-pure; frozen base included)."""
@@ -162,10 +159,9 @@ class Breakdown(BaseModel):
     """Framework and allocator: RSS beyond live tensors on CPU; context, workspace, slack on CUDA."""
 
 
-class MemoryEstimate(BaseModel):
+class MemoryEstimate(StrictModel):
     """Predicted peak memory of one training step."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     peak_bytes: int
     """Peak on the training device: VRAM on cuda; on cpu, growth of the process's peak RSS over its

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-
+from overseer_plan._model import StrictModel
 from overseer_plan.config import TrainingConfig
 from overseer_plan.hardware import Hardware
 from overseer_plan.rules import LadderRule, Rulebook
@@ -82,10 +81,9 @@ def _keep_effective_batch(cfg: TrainingConfig, updates: dict[str, Any]) -> bool:
     return True
 
 
-class Rung(BaseModel):
+class Rung(StrictModel):
     """One rung of a ladder, evaluated on this machine."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     step: int
     """Step number in the spec's list."""
@@ -107,8 +105,7 @@ class Rung(BaseModel):
     """One line with the numbers behind the verdict."""
 
 
-class LadderReport(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+class LadderReport(StrictModel):
 
     symptom: str
     """oom, slow or overwhelmed."""

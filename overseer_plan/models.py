@@ -15,8 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
-
+from overseer_plan._model import StrictModel
 from overseer_plan.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -25,10 +24,9 @@ if TYPE_CHECKING:
 _CATALOG_DIR = Path(__file__).with_name("catalog")
 
 
-class CatalogueEntry(BaseModel):
+class CatalogueEntry(StrictModel):
     """One shipped model config."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     name: str
     """Catalogue name, e.g. 'gpt2' or 'llama-3.2-1b'."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from overseer_plan._model import StrictModel
 from overseer_plan.facts import hardware_facts
 from overseer_plan.hardware import Hardware
 from overseer_plan.rules import Mode, Rulebook
@@ -19,10 +20,9 @@ from overseer_plan.rules import Mode, Rulebook
 FIT_DECIDES = "no mode rule matched: the planner's fit decides (overseer plan)"
 
 
-class ModeAdvice(BaseModel):
+class ModeAdvice(StrictModel):
     """The rulebook's mode recommendation and the rules behind it."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     mode: Mode | None = None
     """The recommended mode; None when no rule matched and the planner's fit decides."""

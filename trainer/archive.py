@@ -27,9 +27,8 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from pydantic import BaseModel, ConfigDict
-
 from overseer_plan._io import fsync_dir
+from overseer_plan._model import StrictModel
 from overseer_plan.errors import UserInputError
 from overseer_plan.units import GiB, MiB
 
@@ -43,10 +42,9 @@ _HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
 _COPY_CHUNK_BYTES = 1 * MiB
 
 
-class ArchiveLimits(BaseModel):
+class ArchiveLimits(StrictModel):
     """Caps that stop a hostile or broken archive from filling the disk."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     max_total_bytes: int = 20 * GiB
     """Most bytes all members may expand to together."""
