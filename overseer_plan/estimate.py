@@ -282,7 +282,7 @@ def _trace(config: Any, cfg: EstimateConfig, device: str) -> dict[str, Any]:
 
     from overseer_plan import heap_replay
     from overseer_plan.calibration import churn_microbatches, heap_churn, simulate_glibc
-    from overseer_plan.trace import trace_depths, trace_peak
+    from overseer_plan.trace import extrapolate_depths, trace_depths, trace_peak
 
     t0 = time.perf_counter()
     # Two micro-batches per step show everything accumulation does to memory (gradients stay alive
@@ -298,10 +298,10 @@ def _trace(config: Any, cfg: EstimateConfig, device: str) -> dict[str, Any]:
         first = [r[0] for r in runs]
 
         def extra(values: list[float]) -> float:
-            return _extrapolate(depths, values, int(config.num_hidden_layers))
+            return extrapolate_depths(depths, values, int(config.num_hidden_layers))
 
         return {
-            "live": int(round(extra([r["live"] for r in first]))), "phase": first[-1]["phase"].rstrip("0123456789"),
+            "live": int(round(extra([r["live"] for r in first]))), "phase": first[-1]["phase"],
             "parts": {k: int(round(extra([r["parts"][k] for r in first]))) for k in first[-1]["parts"]},
             "sim_peak": extra([r["sim_peak"] for r in first]), "churn": extra([r["churn"] for r in first]) * churn_scale,
             # The largest heap of the repeats: it varies between processes, as the real run's does.
@@ -316,14 +316,6 @@ def _trace(config: Any, cfg: EstimateConfig, device: str) -> dict[str, Any]:
         "churn": tr.extrapolate([heap_churn(r.events) for r in tr.runs]) * churn_scale if device == "cpu" else 0.0,
         "growth": None, "depths": [r.num_layers for r in tr.runs], "wall_s": tr.wall_s,
     }
-
-
-def _extrapolate(depths: list[int], values: list[float], num_layers: int) -> float:
-    """A per-depth quantity at the model's full depth (linear in the layer count; see trace_peak)."""
-    if len(depths) == 1:
-        return float(values[0])
-    (l1, v1), (l2, v2) = zip(depths, values, strict=True)
-    return v1 + (v2 - v1) * (num_layers - l1) / (l2 - l1)
 
 
 def estimate(

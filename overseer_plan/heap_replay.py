@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import json
 import os
 import subprocess
@@ -59,6 +60,7 @@ class _Mallinfo2(ctypes.Structure):
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
+@functools.cache
 def _libc() -> Any:
     """glibc with the three calls used here, or None (musl, macOS, Windows, glibc < 2.33)."""
     if not sys.platform.startswith("linux"):
@@ -179,7 +181,7 @@ def replay(config: PretrainedConfig, cfg: EstimateConfig, depths: list[int], *,
         results = list(pool.map(one, work))
     if any(r is None for r in results):
         return None
-    return [[r for r in results if r is not None and r["depth"] == d] for d in depths]
+    return [[r for r in results if r["depth"] == d] for d in depths]
 
 
 def run_job_in_subprocess(config: PretrainedConfig, cfg: EstimateConfig, *, depth: int) -> dict[str, Any] | None:

@@ -498,10 +498,7 @@ class TraceResult:
 
     def extrapolate(self, per_run: list[float]) -> float:
         """A quantity measured on each run, at the model's full depth (linear in L)."""
-        if len(self.runs) == 1:
-            return float(per_run[0])
-        (l1, v1), (l2, v2) = [(r.num_layers, v) for r, v in zip(self.runs, per_run, strict=True)]
-        return v1 + (v2 - v1) * (self.num_layers - l1) / (l2 - l1)
+        return extrapolate_depths([r.num_layers for r in self.runs], per_run, self.num_layers)
 
     @property
     def live_peak_bytes(self) -> int:
@@ -515,6 +512,14 @@ class TraceResult:
     def breakdown(self) -> dict[str, int]:
         keys = self.runs[-1].breakdown
         return {k: int(round(self.extrapolate([r.breakdown[k] for r in self.runs]))) for k in keys}
+
+
+def extrapolate_depths(depths: list[int], values: list[float], num_layers: int) -> float:
+    """A per-depth quantity at the model's full depth: linear in the layer count (see `trace_peak`)."""
+    if len(depths) == 1:
+        return float(values[0])
+    (l1, v1), (l2, v2) = zip(depths, values, strict=True)
+    return v1 + (v2 - v1) * (num_layers - l1) / (l2 - l1)
 
 
 def trace_depths(config: PretrainedConfig) -> list[int]:
