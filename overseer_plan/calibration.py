@@ -10,7 +10,7 @@ tensors at its peak while ru_maxrss grows 1694 MiB. Four causes, modelled in tur
    because small long-lived blocks pin its top). `simulate_glibc` replays the traced
    allocation log through that policy (best-fit heap with coalescing, no trimming).
    Measured on this stack: the threshold is at its 32 MiB cap after the first backward.
-2. Kernel scratch invisible to tracing (trace.py `_kernel_scratch_bytes`).
+2. Kernel scratch invisible to tracing (trace.py `_kernel_scratch`).
 3. Heap fragmentation the tensor-only replay cannot see: small long-lived blocks carved out
    of freed tensor holes stop them from fitting the next step's tensors and from coalescing,
    so the real heap grows step over step. Modelled as an allowance proportional to the bytes
@@ -116,22 +116,24 @@ DEFAULTS = Calibration(
     machine="overseer dev box: 2-core x86-64, glibc 2.36",
     cpu=CpuFactors(
         scale=1.0,
-        constant_bytes=130_950_758,
-        churn_fraction=0.0647,
+        constant_bytes=138_852_891,
+        churn_fraction=0.0698,
         provenance=(
             "fitted 2026-11-24 on the dev machine (2-core x86-64, 24 GiB, torch 2.13.0+cpu, transformers 5.23.0, "
-            "glibc 2.36) by least squares of measured - replayed = churn_fraction * heap churn + constant over "
-            "the calibration models only (3-step trace replay). Points, measured / replayed / churn MiB: "
-            "llama-style 3x192 2x256 358/179/267, 6x384 669/527/549, 6x384 ckpt 588/451/714 (2 runs); "
-            "gpt2-style 3x192 2x384 414/263/406, 6x256 612/443/665, 6x384 ckpt 741/496/1630 (2 runs: 701, 781). "
-            "Result 0.0647 per churned byte + 124.9 MiB; scale fixed at 1.0. "
+            "glibc 2.36) on the calibration models only, after the trace took the real step's causal-mask path and "
+            "the measured kernel scratch: two `calibrate()` runs pooled (2 + 3 protocol runs per point; their "
+            "separate fits gave 0.0565 x churn + 140.9 MiB / replay 122.4 MiB and 0.0787 x churn + 126.8 MiB / "
+            "replay 121.0 MiB). churn_fraction and constant_bytes: least squares of measured - replayed = "
+            "churn_fraction * heap churn + constant (tensor-level model, 3-step trace), scale fixed at 1.0. "
             "replay_constant_bytes: mean of measured - replayed heap growth (heap_replay.py, the larger of 2 "
-            "processes, as estimate() uses it) over the same six calibration runs, re-measured 2026-11-24 evening, "
-            "3 runs each; measured / replayed / difference MiB: llama-style 2x256 349/205/144, 6x384 674/565/109, "
-            "6x384 ckpt 625/509/116; gpt2-style 2x384 412/311/101, 6x256 617/502/115, 6x384 ckpt 704/616/88. "
-            "Result 112.1 MiB (an earlier fit with the largest of 3 replays gave 121.1 MiB)"
+            "processes as estimate() uses it, averaged over the two calibrations). Points, measured (mean of 5 "
+            "runs) / tensor-level model / churn / real-allocator replay MiB: llama-style 3x192 2x256 "
+            "354/186/260/202, 6x384 670/512/513/531, 6x384 ckpt 617/445/657/486; gpt2-style 3x192 2x384 "
+            "419/260/390/323, 6x256 611/441/639/508, 6x384 ckpt 736/491/1529/627. Result 0.0698 per churned byte "
+            "+ 132.4 MiB; replay constant 121.8 MiB (llama-style points 139-152 MiB, gpt2-style 96-109; before "
+            "those trace fixes, 112.1)"
         ),
-        replay_constant_bytes=117_562_482,
+        replay_constant_bytes=127_700_036,
     ),
     cuda=CudaFactors(
         context_bytes=400 * MiB,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from overseer_plan.estimate import EstimateConfig, LoraSettings, estimate
@@ -38,7 +40,7 @@ def test_analytic_and_traced_agree(family, settings):
     # lacks; checkpointing's recompute churns the most, so its peaks differ more.
     assert a.live_tensor_bytes == pytest.approx(t.live_tensor_bytes, rel=0.10)
     tol = 0.25 if c.gradient_checkpointing else 0.15
-    assert t.peak_bytes * (1 - tol) <= a.peak_bytes <= t.peak_bytes * (1 + 0.15)
+    assert t.peak_bytes * (1 - tol) <= a.peak_bytes <= t.peak_bytes * (1 + tol)
 
 
 def test_trace_peak_equals_memtracker():
@@ -104,7 +106,12 @@ def test_analytic_and_traced_agree_across_settings(settings):
     c = EstimateConfig(batch_size=2, seq_len=256, **settings)
     a = estimate(SMALL["llama"], c, method="analytic")
     t = estimate(SMALL["llama"], c, method="traced")
-    assert a.live_tensor_bytes == pytest.approx(t.live_tensor_bytes, rel=0.10)
+    # Known gap, on the safe side: the closed form counts a frozen (LoRA) base's activations as if
+    # it were trained; the trace, which matches a real step, keeps fewer (11% less live here).
+    rel = 0.15 if c.lora is not None else 0.10
+    assert a.live_tensor_bytes == pytest.approx(t.live_tensor_bytes, rel=rel)
+    if c.lora is not None:
+        assert a.live_tensor_bytes > t.live_tensor_bytes
     assert a.breakdown.optimizer_states == pytest.approx(t.breakdown.optimizer_states, rel=0.02)
 
 
@@ -125,3 +132,51 @@ def test_cuda_trace_models_flash_attention_not_the_cpu_math_path(family, precisi
     if family == "gpt2":
         cpu = estimate(SMALL[family], c, device="cpu", method="traced")
         assert cpu.breakdown.activations - t.breakdown.activations > 2 * s2
+
+
+def _step_storage_sizes(family: str, fake: bool) -> Counter:
+    """Sizes of the tensor storages one training step creates, real or on fake tensors, as logged."""
+    import contextlib
+
+    import torch
+    import transformers
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from overseer_plan import trace
+
+    config = resolve_model_config(SMALL[family])
+    config.use_cache = False
+    log = trace._AllocLog("cpu")
+    modes = (trace._unseen_fakes(), FakeTensorMode(allow_non_fake_inputs=True)) if fake else ()
+    with trace.quiet_transformers(), contextlib.ExitStack() as stack:
+        for m in modes:
+            stack.enter_context(m)
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        model.train()
+        ids = torch.randint(0, 4000, (2, 64))
+        with log.mode:
+            model(input_ids=ids, labels=ids).loss.backward()
+    return Counter(n for _, n, _ in log.events if n > 0)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_trace_allocates_what_a_real_step_allocates(family):
+    # transformers treats fake tensors as graph tracing and then builds a [b, 1, s, s] causal mask
+    # that the real step skips; the trace must take the real step's code path.
+    assert _step_storage_sizes(family, fake=True) == _step_storage_sizes(family, fake=False)
+
+
+def test_kernel_scratch_matches_cpu_kernels():
+    import torch
+
+    from overseer_plan.trace import _kernel_scratch
+
+    x32 = torch.empty(1000)
+    x16 = torch.empty(1000, dtype=torch.bfloat16)
+    aten = torch.ops.aten
+    assert _kernel_scratch(aten.native_dropout.default, (x32, 0.1, True), {}) == ((), (4000,))
+    assert _kernel_scratch(aten.native_dropout.default, (x16, 0.1, True), {}) == ((), (2000,))
+    assert _kernel_scratch(aten.native_dropout.default, (x32, 0.1, False), {}) == ((), ())
+    assert _kernel_scratch(aten.bernoulli_.float, (x32, 0.9), {}) == ((), ())
+    assert _kernel_scratch(aten._safe_softmax.default, (x32, -1), {}) == ((), (1000,))
+    assert _kernel_scratch(aten._safe_softmax.default, (x16, -1, torch.float32), {}) == ((4000,), (1000,))
