@@ -9,6 +9,7 @@ import json
 import resource
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from estimator_accuracy import FAMILIES  # noqa: E402
@@ -24,11 +25,10 @@ def rss() -> int:
     return int(open("/proc/self/statm").read().split()[1]) * 4096
 
 
-def main(fam: str, b: int, s: int, ckpt: bool, precision: str) -> None:
+def protocol(fam: str, b: int, s: int, ckpt: bool, precision: str, during_steps: Any = None) -> None:
+    """Build the row's model and run the protocol's 3 AdamW steps (`during_steps`: a context around them)."""
     cfg = dict(FAMILIES[fam])
     model_type = cfg.pop("model_type")
-    base = rss()
-    mark(1)
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(model_type, **cfg))
     if ckpt:
@@ -36,14 +36,21 @@ def main(fam: str, b: int, s: int, ckpt: bool, precision: str) -> None:
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     amp = {"bf16": torch.bfloat16}.get(precision)
-    for _ in range(3):
-        ids = torch.randint(0, int(cfg["vocab_size"]), (b, s))
-        with torch.autocast("cpu", dtype=amp) if amp else contextlib.nullcontext():
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        del loss, ids
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    with during_steps or contextlib.nullcontext():
+        for _ in range(3):
+            ids = torch.randint(0, int(cfg["vocab_size"]), (b, s))
+            with torch.autocast("cpu", dtype=amp) if amp else contextlib.nullcontext():
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            del loss, ids
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+
+def main(fam: str, b: int, s: int, ckpt: bool, precision: str) -> None:
+    base = rss()
+    mark(1)
+    protocol(fam, b, s, ckpt, precision)
     print(json.dumps({"measured_growth_mib": round((resource.getrusage(0).ru_maxrss * 1024 - base) / 2**20)}))
 
 

@@ -11,7 +11,6 @@ the buffers only one side allocates, and the op-count differences. Needs gcc and
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import os
@@ -22,6 +21,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 _LARGE = 1 << 18
@@ -31,12 +31,9 @@ _OFF = 10**9  # mark value: outside any op
 
 def _real(row: list[str], log_path: str) -> list[tuple[str, list[int]]]:
     import numpy as np
-    import torch
-    import transformers
-    from estimator_accuracy import FAMILIES
+    from drive import protocol
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    fam, b, s, ckpt, prec = row[0], int(row[1]), int(row[2]), row[3] == "on", row[4]
     mark = ctypes.CDLL(None).mlog_mark
     mark.argtypes = [ctypes.c_uint64]
     ops: list[str] = []
@@ -49,23 +46,7 @@ def _real(row: list[str], log_path: str) -> list[tuple[str, list[int]]]:
             mark(_OFF)
             return out
 
-    cfg = dict(FAMILIES[fam])
-    model_type = cfg.pop("model_type")
-    model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(model_type, **cfg))
-    if ckpt:
-        model.gradient_checkpointing_enable()
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    amp = {"bf16": torch.bfloat16}.get(prec)
-    with Marks():
-        for _ in range(3):
-            ids = torch.randint(0, int(cfg["vocab_size"]), (b, s))
-            with torch.autocast("cpu", dtype=amp) if amp else contextlib.nullcontext():
-                loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            del loss, ids
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    protocol(row[0], int(row[1]), int(row[2]), row[3] == "on", row[4], during_steps=Marks())
     ctypes.CDLL(None).mlog_flush()
     per: dict[int, list[int]] = defaultdict(list)
     cur = None
