@@ -400,10 +400,13 @@ def step_memory(shape: ModelShape, cfg: EstimateConfig, device: str) -> StepMemo
 # Closed-form stand-in for the traced heap churn (calibration.heap_churn, the bytes one step cycles
 # through glibc's heap): least squares of traced churn on 2 x (saved block activations, doubled
 # with checkpointing's recompute) + 2 x fp32 trainable params (gradients + optimizer temporaries),
-# over the six calibration runs only (calibration._CALIBRATION_RUNS; traced churn 267-1630 MiB,
-# this proxy 91-1184 MiB; 2026-11-24). It feeds the same fragmentation allowance as the trace.
-_CHURN_SLOPE = 1.229
-_CHURN_INTERCEPT = 177.7 * 2**20
+# over the calibration runs only (calibration._CALIBRATION_RUNS at fp32 and bf16, 12 traces; traced
+# churn 250-1529 MiB, this proxy 72-1184 MiB, residuals -148 to +95 MiB, which the 0.07 churn
+# fraction scales to 10 MiB). Refitted with bench/fit_analytic_heap.py after the trace stopped
+# materialising the causal mask and dropout scratch it used to invent (2026-11-24). It feeds the
+# same fragmentation allowance as the trace.
+_CHURN_SLOPE = 1.181
+_CHURN_INTERCEPT = 204.9 * 2**20
 
 
 def heap_churn_estimate(shape: ModelShape, cfg: EstimateConfig, device: str, trainable: int) -> float:
@@ -413,14 +416,15 @@ def heap_churn_estimate(shape: ModelShape, cfg: EstimateConfig, device: str, tra
 
 
 # Closed-form stand-in for the allocator replay's excess over live tensors (calibration.simulate_glibc
-# peak - live peak: holes the heap keeps between blocks). Least squares over the six calibration runs
-# at fp32 and bf16 (12 traces, none a benchmark row; gap 16-125 MiB, fit within 10 MiB; 2026-11-24) on
-# one block's activations: recompute under checkpointing re-allocates a block's worth while the
-# saved inputs and gradients sit between the holes, so the gap grows with it; without it, little.
+# peak - live peak: holes the heap keeps between blocks). Least squares over the calibration runs at
+# fp32 and bf16 (12 traces, none a benchmark row; gap 16-121 MiB, fit within 6 MiB; refitted with
+# bench/fit_analytic_heap.py, 2026-11-24) on one block's activations: recompute under checkpointing
+# re-allocates a block's worth while the saved inputs and gradients sit between the holes, so the
+# gap grows with it; without it, little.
 # The constant part is holes around the long-lived blocks (parameters, gradients, optimizer
 # states), so for tiny models it is capped at a fifth of their fp32 bytes (16 per parameter).
-_HEAP_GAP_INTERCEPT = 18.5 * 2**20
-_HEAP_GAP_PER_BLOCK = {True: 1.170, False: 0.139}
+_HEAP_GAP_INTERCEPT = 18.7 * 2**20
+_HEAP_GAP_PER_BLOCK = {True: 1.059, False: 0.104}
 _HEAP_GAP_STATE_CAP = 0.2
 
 

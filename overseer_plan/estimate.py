@@ -341,8 +341,8 @@ def estimate(
 
     from overseer_plan import _analytic
     from overseer_plan.calibration import (
-        cpu_rss_from_replay,
         cpu_rss_from_sim,
+        cpu_rss_from_trace,
         cuda_from_live,
         load_calibration,
     )
@@ -404,8 +404,9 @@ def estimate(
         growth = got.get("growth")
         if device == "cpu" and growth is not None and cal.cpu.replay_constant_bytes is not None:
             heap_growth = float(growth)
-            notes.append(f"cpu: heap from the real-allocator replay, largest of {got['repeats']} processes "
-                         f"({float(got['growth_min']) / 2**20:.0f}-{heap_growth / 2**20:.0f} MiB)")
+            notes.append(f"cpu: mean of the real-allocator replay (heap {float(got['growth_min']) / 2**20:.0f}-"
+                         f"{heap_growth / 2**20:.0f} MiB over {got['repeats']} processes, the largest used) "
+                         "and the tensor-level allocator model")
         elif device == "cpu" and growth is not None:
             notes.append("cpu: the calibration in use has no real-allocator replay constant (re-run --calibrate); "
                          "tensor-level allocator model used")
@@ -429,7 +430,7 @@ def estimate(
                      f"({buckets / 2**20:.0f} MiB)")
 
     if device == "cpu" and heap_growth is not None:
-        peak = cpu_rss_from_replay(heap_growth, cal)
+        peak = cpu_rss_from_trace(heap_growth, sim_peak, churn, cal)
         host = peak + cal.import_rss_bytes
         notes.append("cpu: peak_bytes is RSS growth over the post-import baseline; host_peak adds the baseline")
     elif device == "cpu":

@@ -31,16 +31,25 @@ def test_replay_allocates_the_traced_tensors_without_touching_them():
 
 
 @needs_glibc
-def test_traced_cpu_estimate_is_the_largest_replayed_heap_plus_the_calibrated_constant():
+def test_traced_cpu_estimate_is_the_mean_of_the_replayed_heap_and_the_allocator_model():
+    from overseer_plan import estimate as estimate_module
+    from overseer_plan.calibration import cpu_rss_from_replay, cpu_rss_from_sim, cpu_rss_from_trace
+
     settings = EstimateConfig(batch_size=4, seq_len=256)
     runs = heap_replay.replay(resolve_model_config(dict(GPT2)), settings, [2], repeats=2)
     assert runs is not None and len(runs) == 1 and len(runs[0]) == 2
     est = estimate(GPT2, settings, method="traced")
-    assert any("real-allocator replay, largest of 2 processes" in n for n in est.notes)
-    heap = est.peak_bytes - DEFAULTS.cpu.replay_constant_bytes
+    assert any("mean of the real-allocator replay" in n for n in est.notes)
+    key = estimate_module._trace_cache_key(estimate_module._resolve(GPT2).fingerprint, settings, "cpu")
+    got = estimate_module._read_trace_cache(key)
+    assert got is not None and got["growth"] >= got["growth_min"]
+    replay = cpu_rss_from_replay(got["growth"], DEFAULTS)
+    model = cpu_rss_from_sim(got["sim_peak"], DEFAULTS, got["churn"])
+    assert est.peak_bytes == cpu_rss_from_trace(got["growth"], got["sim_peak"], got["churn"], DEFAULTS)
+    assert min(replay, model) <= est.peak_bytes <= max(replay, model)
     # The heap varies between processes (that is why the largest of several is kept), but a
     # heap smaller than the live tensors or several times larger would be a broken replay.
-    assert est.live_tensor_bytes * 0.9 <= heap <= est.live_tensor_bytes * 4
+    assert est.live_tensor_bytes * 0.9 <= got["growth"] <= est.live_tensor_bytes * 4
 
 
 def test_switched_off_or_unavailable_falls_back_to_the_allocator_model(monkeypatch):

@@ -180,3 +180,38 @@ def test_kernel_scratch_matches_cpu_kernels():
     assert _kernel_scratch(aten.bernoulli_.float, (x32, 0.9), {}) == ((), ())
     assert _kernel_scratch(aten._safe_softmax.default, (x32, -1), {}) == ((), (1000,))
     assert _kernel_scratch(aten._safe_softmax.default, (x16, -1, torch.float32), {}) == ((4000,), (1000,))
+
+
+def test_trace_adds_the_sdpa_mask_in_place_like_the_real_kernel():
+    # SDPA's math path (GPT-2 with attention dropout, on CPU) adds the mask in place on plain
+    # tensors but out of place on tensor subclasses, so any dispatch mode, fake or not, sees one
+    # extra score buffer per attention call. Measured with bench/malloc_replay (mlog.c, no dispatch
+    # mode): GPT-2 8 x 512 checkpointed, 3 steps, 132 buffers of 32 MiB for real, 156 under a mode.
+    import contextlib
+
+    import torch
+    import transformers
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from overseer_plan import trace
+
+    config = resolve_model_config(SMALL["gpt2"])
+    config.use_cache = False
+    b, s = 2, 64
+    scores = b * int(config.num_attention_heads) * s * s * 4
+
+    def count(in_place: bool) -> tuple[int, int]:
+        log = trace._AllocLog("cpu")
+        with trace.quiet_transformers(), trace._unseen_fakes(), FakeTensorMode(allow_non_fake_inputs=True):
+            model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+            model.train()
+            ids = torch.randint(0, 4000, (b, s))
+            with log.mode, trace._eager_sdpa_math(log) if in_place else contextlib.nullcontext():
+                model(input_ids=ids, labels=ids).loss.backward()
+        allocs = [n for _, n, _ in log.events if n == scores]
+        frees = [n for _, n, _ in log.events if n == -scores]
+        return len(allocs), len(frees)
+
+    plain, fixed = count(False), count(True)
+    assert plain[0] - fixed[0] == int(config.n_layer)  # one per attention call
+    assert fixed[0] == fixed[1] and plain[0] == plain[1]  # every aliased buffer is still freed once
