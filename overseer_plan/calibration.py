@@ -55,7 +55,6 @@ _CHUNK_OVERHEAD = 8 + 64  # malloc header + c10 alloc_cpu's 64-byte posix_memali
 class CpuFactors(StrictModel):
     """peak RSS growth = scale * simulated allocator peak + constant_bytes."""
 
-
     scale: float
     """Multiplier on the allocator-model peak (heap fragmentation beyond the model, untraced buffers)."""
     constant_bytes: int
@@ -77,7 +76,6 @@ class CpuFactors(StrictModel):
 class CudaFactors(StrictModel):
     """peak = (1 + reserved_slack) * rounded live bytes + context + cuBLAS workspace."""
 
-
     context_bytes: int
     """CUDA context and kernel images (invisible to the caching allocator)."""
     cublas_workspace_bytes: int
@@ -94,7 +92,6 @@ class CudaFactors(StrictModel):
 
 class Calibration(StrictModel):
     """Per-machine factors, stored in the calibration file."""
-
 
     torch_version: str
     """torch.__version__ the factors were fitted with."""

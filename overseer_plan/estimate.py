@@ -35,7 +35,6 @@ Phase = Literal["forward", "backward", "optimizer"]
 class LoraSettings(StrictModel):
     """LoRA adapters on a frozen base (Hu et al. 2021, arXiv 2106.09685)."""
 
-
     rank: int = Field(8, ge=1)
     """Adapter rank r."""
     targets: list[str] | None = None
@@ -44,7 +43,6 @@ class LoraSettings(StrictModel):
 
 class EstimateConfig(StrictModel):
     """The training settings that decide a step's memory."""
-
 
     batch_size: int = 1
     """Micro-batch size (sequences per forward pass)."""
@@ -126,7 +124,6 @@ class EstimateConfig(StrictModel):
 class ModelInfo(StrictModel):
     """Parameter census of the estimated model."""
 
-
     name: str
     """What the model was resolved from (catalogue name, path, Hub id or 'config')."""
     model_type: str
@@ -144,7 +141,6 @@ class ModelInfo(StrictModel):
 class Breakdown(StrictModel):
     """Bytes at the peak, by what holds them."""
 
-
     parameters: int
     """Weights (fp32 master weights under autocast; bf16 for bf16-pure; frozen base included)."""
     gradients: int
@@ -161,7 +157,6 @@ class Breakdown(StrictModel):
 
 class MemoryEstimate(StrictModel):
     """Predicted peak memory of one training step."""
-
 
     peak_bytes: int
     """Peak on the training device: VRAM on cuda; on cpu, growth of the process's peak RSS over its
@@ -429,12 +424,11 @@ def estimate(
         notes.append(f"{cfg.num_processes} data-parallel processes: per process, plus DDP's gradient buckets "
                      f"({buckets / 2**20:.0f} MiB)")
 
-    if device == "cpu" and heap_growth is not None:
-        peak = cpu_rss_from_trace(heap_growth, sim_peak, churn, cal)
-        host = peak + cal.import_rss_bytes
-        notes.append("cpu: peak_bytes is RSS growth over the post-import baseline; host_peak adds the baseline")
-    elif device == "cpu":
-        peak = cpu_rss_from_sim(sim_peak, cal, churn)
+    if device == "cpu":
+        if heap_growth is not None:
+            peak = cpu_rss_from_trace(heap_growth, sim_peak, churn, cal)
+        else:
+            peak = cpu_rss_from_sim(sim_peak, cal, churn)
         host = peak + cal.import_rss_bytes
         notes.append("cpu: peak_bytes is RSS growth over the post-import baseline; host_peak adds the baseline")
     else:

@@ -84,7 +84,6 @@ def _keep_effective_batch(cfg: TrainingConfig, updates: dict[str, Any]) -> bool:
 class Rung(StrictModel):
     """One rung of a ladder, evaluated on this machine."""
 
-
     step: int
     """Step number in the spec's list."""
     rule: str

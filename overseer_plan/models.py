@@ -27,7 +27,6 @@ _CATALOG_DIR = Path(__file__).with_name("catalog")
 class CatalogueEntry(StrictModel):
     """One shipped model config."""
 
-
     name: str
     """Catalogue name, e.g. 'gpt2' or 'llama-3.2-1b'."""
     description: str

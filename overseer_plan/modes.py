@@ -23,7 +23,6 @@ FIT_DECIDES = "no mode rule matched: the planner's fit decides (overseer plan)"
 class ModeAdvice(StrictModel):
     """The rulebook's mode recommendation and the rules behind it."""
 
-
     mode: Mode | None = None
     """The recommended mode; None when no rule matched and the planner's fit decides."""
     reasons: list[tuple[str, str]] = Field(default_factory=list)

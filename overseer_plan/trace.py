@@ -210,8 +210,23 @@ def quiet_transformers() -> Any:
         hf_logging.set_verbosity(before)
 
 
-_KERNEL_PATCH_LOCK = threading.Lock()
-_FAKE_CHECK_LOCK = threading.Lock()
+# One lock for every module attribute a trace swaps: a trace in another thread waits, and no swap
+# is ever restored over another's. Re-entrant, since one trace nests several swaps.
+_PATCH_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _swapped(target: Any, **values: Any) -> Any:
+    """Set attributes of `target` (a module) for the duration of the block, then restore them."""
+    with _PATCH_LOCK:
+        saved = {name: getattr(target, name) for name in values}
+        for name, value in values.items():
+            setattr(target, name, value)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(target, name, value)
 
 
 @contextlib.contextmanager
@@ -228,16 +243,9 @@ def _unseen_fakes() -> Any:
     """
     from transformers.utils import import_utils
 
-    with _FAKE_CHECK_LOCK:
-        saved = import_utils.is_fake_tensor
-        import_utils.is_fake_tensor = lambda x: False
-        try:
-            yield
-        finally:
-            import_utils.is_fake_tensor = saved
+    with _swapped(import_utils, is_fake_tensor=lambda x: False):
+        yield
 
-
-_SDPA_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -259,13 +267,8 @@ def _eager_sdpa_math(log: _AllocLog) -> Any:
         finally:
             log.in_sdpa = False
 
-    with _SDPA_LOCK:
-        F.scaled_dot_product_attention = marked
-        try:
-            yield
-        finally:
-            F.scaled_dot_product_attention = original
-
+    with _swapped(F, scaled_dot_product_attention=marked):
+        yield
 
 
 @contextlib.contextmanager
@@ -300,14 +303,8 @@ def _cuda_kernels() -> Any:
     """
     import torch
 
-    f = torch.nn.functional
-    with _KERNEL_PATCH_LOCK:
-        saved = f.scaled_dot_product_attention, f.dropout
-        f.scaled_dot_product_attention, f.dropout = _cuda_sdpa, _cuda_dropout
-        try:
-            yield
-        finally:
-            f.scaled_dot_product_attention, f.dropout = saved
+    with _swapped(torch.nn.functional, scaled_dot_product_attention=_cuda_sdpa, dropout=_cuda_dropout):
+        yield
 
 
 def _cuda_sdpa(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,

@@ -45,7 +45,6 @@ _COPY_CHUNK_BYTES = 1 * MiB
 class ArchiveLimits(StrictModel):
     """Caps that stop a hostile or broken archive from filling the disk."""
 
-
     max_total_bytes: int = 20 * GiB
     """Most bytes all members may expand to together."""
     max_files: int = 100_000
