@@ -401,12 +401,12 @@ def step_memory(shape: ModelShape, cfg: EstimateConfig, device: str) -> StepMemo
 # through glibc's heap): least squares of traced churn on 2 x (saved block activations, doubled
 # with checkpointing's recompute) + 2 x fp32 trainable params (gradients + optimizer temporaries),
 # over the calibration runs only (calibration._CALIBRATION_RUNS at fp32 and bf16, 12 traces; traced
-# churn 250-1529 MiB, this proxy 72-1184 MiB, residuals -148 to +95 MiB, which the 0.07 churn
-# fraction scales to 10 MiB). Refitted with bench/fit_analytic_heap.py after the trace stopped
-# materialising the causal mask and dropout scratch it used to invent (2026-11-24). It feeds the
-# same fragmentation allowance as the trace.
-_CHURN_SLOPE = 1.181
-_CHURN_INTERCEPT = 204.9 * 2**20
+# churn 250-1397 MiB, this proxy 72-1184 MiB, residuals -126 to +75 MiB, which the 0.08 churn
+# fraction scales to 10 MiB). Refitted with bench/fit_analytic_heap.py after the trace learned the
+# autograd engine's in-place gradient accumulation (2026-11-24). It feeds the same fragmentation
+# allowance as the trace.
+_CHURN_SLOPE = 1.070
+_CHURN_INTERCEPT = 194.0 * 2**20
 
 
 def heap_churn_estimate(shape: ModelShape, cfg: EstimateConfig, device: str, trainable: int) -> float:
@@ -423,8 +423,8 @@ def heap_churn_estimate(shape: ModelShape, cfg: EstimateConfig, device: str, tra
 # gap grows with it; without it, little.
 # The constant part is holes around the long-lived blocks (parameters, gradients, optimizer
 # states), so for tiny models it is capped at a fifth of their fp32 bytes (16 per parameter).
-_HEAP_GAP_INTERCEPT = 18.7 * 2**20
-_HEAP_GAP_PER_BLOCK = {True: 1.059, False: 0.104}
+_HEAP_GAP_INTERCEPT = 20.9 * 2**20
+_HEAP_GAP_PER_BLOCK = {True: 1.055, False: 0.044}
 _HEAP_GAP_STATE_CAP = 0.2
 
 

@@ -113,23 +113,23 @@ DEFAULTS = Calibration(
     machine="overseer dev box: 2-core x86-64, glibc 2.36",
     cpu=CpuFactors(
         scale=1.0,
-        constant_bytes=137_090_005,
-        churn_fraction=0.0742,
+        constant_bytes=137_437_017,
+        churn_fraction=0.0769,
         provenance=(
             "fitted 2026-11-24 on the dev machine (2-core x86-64, 24 GiB, torch 2.13.0+cpu, transformers 5.23.0, "
             "glibc 2.36) on the calibration models only. Measured: the mean of 5 protocol runs per point (two "
-            "pooled `calibrate()` runs). Trace side recomputed after the trace stopped allocating an out-of-place "
-            "score buffer in SDPA's math path (the real kernel adds the mask in place): tensor-level model and "
-            "churn from one trace, replay = 3 draws of the larger of 2 processes. churn_fraction and constant_bytes: "
-            "least squares of measured - tensor-level model = churn_fraction * heap churn + constant, scale fixed "
-            "at 1.0. replay_constant_bytes: mean of measured - replayed heap growth. Points, measured / tensor-level "
-            "model / churn / replay draws MiB: llama-style 3x192 2x256 354/186/260/201,218,203; 6x384 "
-            "670/512/513/523,522,529; 6x384 ckpt 617/445/657/473,483,478; gpt2-style 3x192 2x384 "
-            "419/260/376/327,306,303; 6x256 611/441/621/508,503,498; 6x384 ckpt 736/491/1448/591,604,592. Result "
-            "0.0742 per churned byte + 130.7 MiB; replay constant 131.0 MiB (residuals 107-147 MiB; before the "
-            "SDPA fix the gpt2-style checkpointed point was 109 and the constant 121.8)"
+            "pooled `calibrate()` runs; bench/results/calibration_measurements.json). Trace side recomputed by "
+            "`python bench/refit_calibration.py` after the trace learned the autograd engine's in-place gradient "
+            "accumulation: tensor-level model and churn from one trace, replay = 3 draws of the larger of 2 "
+            "processes. churn_fraction and constant_bytes: least squares of measured - tensor-level model = "
+            "churn_fraction * heap churn + constant, scale fixed at 1.0. replay_constant_bytes: mean of measured - "
+            "replayed heap growth. Points, measured / tensor-level model / churn / replay draws MiB: llama-style "
+            "3x192 2x256 354/186/250/201,202,204; 6x384 670/511/471/526,551,526; 6x384 ckpt 617/448/615/481,503,490; "
+            "gpt2-style 3x192 2x384 419/260/359/320,306,304; 6x256 611/442/587/496,502,496; 6x384 ckpt "
+            "736/491/1397/625,606,582. Result 0.0769 per churned byte + 131.1 MiB; replay constant 127.9 MiB "
+            "(residuals 99-154 MiB)"
         ),
-        replay_constant_bytes=137_313_166,
+        replay_constant_bytes=134_102_812,
     ),
     cuda=CudaFactors(
         context_bytes=400 * MiB,

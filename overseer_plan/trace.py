@@ -24,6 +24,8 @@ report the same peak. Traps handled (see /work/shared/reference/estimators.md, S
   `F.scaled_dot_product_attention` and `F.dropout` for stand-ins with the memory of the
   CUDA kernels (flash attention; fused dropout with a 1-byte mask); eager attention is
   untouched and materialises s x s on both devices.
+- The autograd engine sums a tensor's gradients out of place on fake tensors and in place on
+  plain ones; `_accumulation_windows` and `_AllocLog._is_accumulation` log the real engine's choice.
 - Large models: fake ops cost time per op, not per byte, so only the layer count matters;
   above `_FULL_TRACE_MAX_LAYERS` we trace two reduced depths and callers extrapolate each
   quantity linearly in L (`TraceResult.extrapolate`).
@@ -80,8 +82,13 @@ class _AllocLog:
         self._holders: dict[int, int] = {}  # key -> storage objects standing for it (see `_track`)
         self._next = 1
         self.in_sdpa = False  # set by `_eager_sdpa_math` while F.scaled_dot_product_attention runs
+        self.in_accumulation = False  # set by `_accumulation_windows` between a node's formula and the next
+        # An engine accumulation's output and the key it may alias (see `_is_accumulation`).
+        self._pending: tuple[Any, int | None] | None = None
+        self.accumulations = {"in_place": 0, "new": 0}  # engine accumulations, as a real step would do them
 
     def mark(self, phase: str) -> None:
+        self._settle()
         self.phase = phase
         self.events.append((0, 0, phase))
 
@@ -116,6 +123,15 @@ class _AllocLog:
             self._holders[key] -= 1
             if not self._holders[key]:
                 del self._holders[key]
+                pending, self._pending = self._pending, None
+                if pending is not None and pending[1] == key and int(pending[0].untyped_storage().nbytes()) == nbytes:
+                    # The engine dropped the gradient it added into, so the real engine held its last
+                    # reference and added in place: the sum keeps that buffer (no free, no new bytes).
+                    self.accumulations["in_place"] += 1
+                    self._track(pending[0], same_as=key)
+                    return
+                self._pending = pending
+                self._settle()
                 self.events.append((key, -nbytes, self.phase))
 
         self._refs[sid] = weakref.ref(st, _freed)
@@ -124,6 +140,7 @@ class _AllocLog:
         import torch
         from torch.utils._pytree import tree_flatten
 
+        self._settle()
         if func is torch.ops.aten._fused_sdp_choice.default:
             return _real_sdp_choice(func, args, kwargs)
         if func is torch.ops.aten._local_scalar_dense.default:
@@ -137,8 +154,10 @@ class _AllocLog:
         out = func(*args, **kwargs)
         if self._adds_in_place(func, args, out):
             self._track(out, same_as=self.storage_key(args[0]))
+        elif self._is_accumulation(func, args, kwargs, out):
+            self._pending = (out, self.storage_key(args[0]) if self._may_add_in_place(args[0], out) else None)
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and (self._pending is None or t is not self._pending[0]):
                 self._track(t)
         for key, nbytes in zip(keys, before, strict=True):
             self.events.append((key, -nbytes, self.phase))
@@ -162,10 +181,96 @@ class _AllocLog:
                 and isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor)
                 and out.shape == x.shape and out.dtype == x.dtype and self.storage_key(x) is not None)
 
+    def _is_accumulation(self, func: Any, args: tuple, kwargs: dict, out: Any) -> bool:
+        """Whether this op is the autograd engine summing two gradients of one tensor.
+
+        `InputBuffer::accumulate` (torch/csrc/autograd/input_buffer.cpp) computes `old + new` when
+        either is tensor-subclass-like, which a fake tensor always is, but `old.add_(new)` on plain
+        tensors when it holds the last reference to `old` and to its storage and `old` is dense.
+        Logged as traced, every accumulation would allocate one extra gradient that a real step
+        does not: every residual stream and every tensor a block uses twice (GPT-2's gelu input,
+        16 MiB at 8 x 512: 24 of them and 24 of 4 MiB in 3 steps, counted against a real step with
+        bench/malloc_replay). So the output is held back (`_pending`) and logged once we know.
+        """
+        import torch
+
+        if not (self.in_accumulation and func is torch.ops.aten.add.Tensor and len(args) == 2 and not kwargs):
+            return False
+        old, new = args
+        return (isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor) and isinstance(out, torch.Tensor)
+                and old.shape == new.shape == out.shape and old.dtype == out.dtype)
+
+    def _may_add_in_place(self, old: Any, out: Any) -> bool:
+        """What is known at the add of the real engine's conditions: `old` is dense and no other
+        tensor shares its storage (it is no more shared than the fresh output's). The last one,
+        that the engine held `old`'s last reference, shows next: `old` dies before anything else
+        happens, and `_freed` then aliases the output to it."""
+        return self.storage_key(old) is not None and _dense(old) and _storage_use_count(old) <= _storage_use_count(out)
+
+    def _settle(self) -> None:
+        """Log a pending accumulation's output as a new allocation: its `old` outlived it."""
+        if self._pending is not None:
+            out, self._pending = self._pending[0], None
+            self.accumulations["new"] += 1
+            self._track(out)
+
     def _scratch(self, nbytes: int) -> int:
         key, self._next = self._next, self._next + 1
         self.events.append((key, nbytes, self.phase))
         return key
+
+
+def _dense(t: Any) -> bool:
+    """Whether `t` covers its elements exactly once in some dimension order (ATen's
+    `is_non_overlapping_and_dense`): contiguous up to a permutation of its dimensions."""
+    expected = 1
+    for stride, size in sorted((int(st), int(n)) for n, st in zip(t.shape, t.stride(), strict=True) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _storage_use_count(t: Any) -> int:
+    """References to `t`'s storage: one per tensor sharing it, plus what fake mode itself holds."""
+    import torch
+
+    return int(torch._C._storage_Use_Count(t.untyped_storage()._cdata))
+
+
+@contextlib.contextmanager
+def _accumulation_windows(log: _AllocLog, root: Any) -> Any:
+    """Flag `log` while the autograd engine adds gradients into the next nodes' input buffers.
+
+    The engine runs each node's formula, its post hooks, then the accumulation into the input
+    buffers of the nodes it feeds, then the next node's pre hooks: a post hook opens the window
+    and a pre hook closes it. Hooks go on every node reachable from `root` (a loss's grad_fn);
+    a post hook makes the engine keep the node's inputs until after it, but no op runs in between,
+    so the log is otherwise unchanged (`test_accumulation_hooks_change_nothing_else` checks it).
+    """
+    handles, seen, stack = [], set(), [root]
+
+    def opened(*_: Any) -> None:
+        log.in_accumulation = True
+
+    def closed(*_: Any) -> None:
+        log.in_accumulation = False
+
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        handles.append(node.register_prehook(closed))
+        if node.next_functions:
+            handles.append(node.register_hook(opened))
+        stack.extend(fn for fn, _ in node.next_functions)
+    try:
+        yield
+    finally:
+        log.in_accumulation = False
+        for h in handles:
+            h.remove()
 
 
 def _kernel_scratch(func: Any, args: tuple, kwargs: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -520,8 +625,10 @@ def _run(config: PretrainedConfig, cfg: EstimateConfig, device: str, num_layers:
                 else:
                     loss = model(input_ids=ids, labels=ids).loss
                 log.mark(f"backward{it}")
-                (loss / ga).backward()
-                del loss, ids
+                scaled = loss / ga
+                with _accumulation_windows(log, scaled.grad_fn):
+                    scaled.backward()
+                del loss, scaled, ids
             log.mark(f"optimizer{it}")
             info["grad_keys"] |= {log.storage_key(p.grad) for p in trainable if p.grad is not None}
             opt.step()

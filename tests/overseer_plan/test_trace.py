@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 import pytest
@@ -215,3 +216,76 @@ def test_trace_adds_the_sdpa_mask_in_place_like_the_real_kernel():
     plain, fixed = count(False), count(True)
     assert plain[0] - fixed[0] == int(config.n_layer)  # one per attention call
     assert fixed[0] == fixed[1] and plain[0] == plain[1]  # every aliased buffer is still freed once
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_trace_accumulates_gradients_in_place_where_the_real_engine_does(family):
+    # The autograd engine sums the gradients of a tensor used twice in place on plain tensors
+    # (`aten::add_`) and out of place where `old` shares its storage (`aten::add`, e.g. GPT-2's
+    # tied embedding); on fake tensors always out of place. The real engine's choice is read
+    # from the profiler (ops run by the engine itself, outside any node's formula) and the
+    # trace must log the same number of each.
+    import torch
+    import transformers
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.profiler import ProfilerActivity, profile
+
+    from overseer_plan import trace
+
+    config = resolve_model_config(SMALL[family])
+    config.use_cache = False
+    ids_shape = (2, 64)
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    model.train()
+    ids = torch.randint(0, 4000, ids_shape)
+    loss = model(input_ids=ids, labels=ids).loss
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        loss.backward()
+    real = Counter(e.name for e in prof.events()
+                   if e.name in ("aten::add_", "aten::add") and e.cpu_parent is not None
+                   and e.cpu_parent.name.startswith("autograd::engine::evaluate_function"))
+    assert real["aten::add_"] > 0 and real["aten::add"] > 0  # both kinds occur in these models
+
+    log = trace._AllocLog("cpu")
+    with trace.quiet_transformers(), trace._unseen_fakes(), FakeTensorMode(allow_non_fake_inputs=True):
+        fake = transformers.AutoModelForCausalLM.from_config(config)
+        fake.train()
+        ids = torch.randint(0, 4000, ids_shape)
+        with log.mode, trace._eager_sdpa_math(log):
+            fake_loss = fake(input_ids=ids, labels=ids).loss
+            with trace._accumulation_windows(log, fake_loss.grad_fn):
+                fake_loss.backward()
+    assert log.accumulations == {"in_place": real["aten::add_"], "new": real["aten::add"]}
+    allocs = [k for k, n, _ in log.events if n > 0]
+    frees = [k for k, n, _ in log.events if n < 0]
+    assert len(set(allocs)) == len(allocs) and set(frees) <= set(allocs)  # an aliased key is freed once
+
+
+def test_accumulation_hooks_change_nothing_else(monkeypatch):
+    # The window hooks keep a node's inputs alive until its post hook: the log must not change.
+    import torch
+    import transformers
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from overseer_plan import trace
+
+    config = resolve_model_config(SMALL["llama"])
+    config.use_cache = False
+    monkeypatch.setattr(trace._AllocLog, "_is_accumulation", lambda *a: False)
+
+    def events(hooks: bool) -> list[tuple[int, str]]:
+        log = trace._AllocLog("cpu")
+        with trace.quiet_transformers(), trace._unseen_fakes(), FakeTensorMode(allow_non_fake_inputs=True):
+            model = transformers.AutoModelForCausalLM.from_config(config)
+            model.train()
+            ids = torch.randint(0, 4000, (2, 64))
+            with log.mode:
+                loss = model(input_ids=ids, labels=ids).loss
+                log.mark("backward")
+                with trace._accumulation_windows(log, loss.grad_fn) if hooks else contextlib.nullcontext():
+                    loss.backward()
+        return [(n, p) for _, n, p in log.events]
+
+    assert events(True) == events(False)

@@ -1,0 +1,70 @@
+"""Refit the shipped CPU calibration defaults after a change to what the trace allocates.
+
+    python bench/refit_calibration.py [--draws 3]     # ~3 min on 2 cores; prints the constants
+
+`overseer estimate --calibrate` measures and traces the calibration points (`calibration.
+_CALIBRATION_RUNS`) on the user's machine. The shipped defaults (`calibration.DEFAULTS`) are that
+fit on the development machine; when only the trace changes, the measurements stay valid, so this
+script reuses them (bench/results/calibration_measurements.json) and recomputes the trace side:
+the tensor-level allocator model and heap churn from one trace, and `--draws` real-allocator
+replays per point, each the larger of `heap_replay.REPEATS` processes as `estimate()` uses it.
+Copy the printed constants into `calibration.DEFAULTS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+MiB = 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--draws", type=int, default=3, help="replays per point (each the larger of 2 processes)")
+    args = ap.parse_args()
+    os.environ["OVERSEER_CACHE_DIR"] = tempfile.mkdtemp(prefix="overseer-refit-")
+    from overseer_plan import calibration, heap_replay
+    from overseer_plan.estimate import EstimateConfig
+    from overseer_plan.models import resolve_model_config
+    from overseer_plan.trace import quiet_transformers, trace_peak
+
+    data = json.loads((ROOT / "bench" / "results" / "calibration_measurements.json").read_text())
+    measured = [m * MiB for m in data["measured_mib"]]
+    if len(measured) != len(calibration._CALIBRATION_RUNS):
+        sys.exit("calibration_measurements.json does not match calibration._CALIBRATION_RUNS; re-measure")
+    churn_points, replay_points = [], []
+    print("model  b x s  ckpt | measured  tensor-level  churn | replay draws (MiB)")
+    for (model, b, s, ckpt), real in zip(calibration._CALIBRATION_RUNS, measured, strict=True):
+        with quiet_transformers():
+            config = resolve_model_config(dict(model))
+        settings = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt)
+        tr = trace_peak(config, settings)
+        sim = tr.extrapolate([calibration.simulate_glibc(r.events) for r in tr.runs])
+        churn = tr.extrapolate([calibration.heap_churn(r.events) for r in tr.runs])
+        draws = []
+        for _ in range(args.draws):
+            got = heap_replay.replay(config, settings, [tr.num_layers])
+            if got is None:
+                sys.exit("the real-allocator replay is unavailable here (needs glibc)")
+            draws.append(max(r["growth"] for r in got[0]))
+        churn_points.append((sim, churn, real))
+        replay_points += [(d, real) for d in draws]
+        print(f"{model['model_type']:6} {b} x {s} {'on ' if ckpt else 'off'} | {real / MiB:8.0f} {sim / MiB:13.0f} "
+              f"{churn / MiB:6.0f} | {', '.join(f'{d / MiB:.0f}' for d in draws)}")
+    fraction, constant = calibration.fit_churn_factors(churn_points)
+    replay_constant = calibration.fit_replay_constant(replay_points)
+    residuals = [(y - x) / MiB for x, y in replay_points]
+    print(f"churn_fraction={fraction:.4f} constant_bytes={constant} ({constant / MiB:.1f} MiB)")
+    print(f"replay_constant_bytes={replay_constant} ({replay_constant / MiB:.1f} MiB; residuals "
+          f"{min(residuals):.0f}-{max(residuals):.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
