@@ -139,7 +139,7 @@ def main() -> None:
         row = dict(family=fam, batch=b, seq=s, ckpt=ckpt, precision=prec, ga=ga, measured=real, runs=runs,
                    analytic=an.peak_bytes, traced=tr.peak_bytes, live=tr.live_tensor_bytes,
                    analytic_ms=an_ms, traced_s=tr_s, phase=tr.peak_phase,
-                   replay=any("real-allocator" in n for n in tr.notes))
+                   replay=any("real-allocator" in n for n in tr.notes), **_heap_models(tr))
         rows.append(row)
         print(f"{fam:16} b={b} s={s} ga={ga} ckpt={int(ckpt)} {prec:5} measured {real / 2**20:7.0f} MiB "
               f"(runs {min(runs) / 2**20:.0f}-{max(runs) / 2**20:.0f})  analytic {an.peak_bytes / real - 1:+6.1%}  "
@@ -155,6 +155,22 @@ def main() -> None:
         old = out.read_text() if out.exists() else ""
         tail = old[old.index(_NOTES_MARKER):] if _NOTES_MARKER in old else ""
         out.write_text(report + ("\n" + tail if tail else ""))
+
+
+def _heap_models(tr: object) -> dict:
+    """The traced CPU estimate's two halves (calibration.cpu_rss_from_trace), for the diagnostic rows:
+    the replay's prediction from the heap growth in the estimate's note (rounded to 1 MiB), and the
+    tensor-level allocator model's as twice the mean less that."""
+    import re
+
+    from overseer_plan.calibration import cpu_rss_from_replay, load_calibration
+
+    for note in tr.notes:
+        got = re.search(r"real-allocator replay \(heap \d+-(\d+) MiB", note)
+        if got:
+            replay = cpu_rss_from_replay(int(got.group(1)) * 2**20, load_calibration()[0])
+            return {"replay_only": replay, "allocator_only": 2 * tr.peak_bytes - replay}
+    return {}
 
 
 def _stats(rows: list[dict], key: str) -> dict:
@@ -203,6 +219,13 @@ def _report(rows: list[dict], timing: dict, args: argparse.Namespace, wall: floa
         st = _stats(rows, key)
         out.append(f"| {key} | {st['median_abs']:.1%} | {st['max_abs']:.1%} | {st['worst_under']:+.1%} | "
                    f"{st['n_under_5']}/{len(rows)} | {target} |")
+    for key, what in (("replay_only", "traced, replay half alone (diagnostic)"),
+                      ("allocator_only", "traced, allocator-model half alone (diagnostic)")):
+        sub = [r for r in rows if key in r]
+        if sub:
+            st = _stats(sub, key)
+            out.append(f"| {what} | {st['median_abs']:.1%} | {st['max_abs']:.1%} | {st['worst_under']:+.1%} | "
+                       f"{st['n_under_5']}/{len(sub)} | - |")
     out += ["", "Per family (traced+calibrated):", ""]
     for fam in FAMILIES:
         sub = [r for r in rows if r["family"] == fam]
