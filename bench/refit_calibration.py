@@ -6,8 +6,9 @@
 _CALIBRATION_RUNS`) on the user's machine. The shipped defaults (`calibration.DEFAULTS`) are that
 fit on the development machine; when only the trace changes, the measurements stay valid, so this
 script reuses them (bench/results/calibration_measurements.json) and recomputes the trace side:
-the tensor-level allocator model and heap churn from one trace, and `--draws` real-allocator
-replays per point, each the larger of `heap_replay.REPEATS` processes as `estimate()` uses it.
+`estimate.trace_inputs` per point `--draws` times: the tensor-level allocator model and heap churn,
+and a real-allocator replay each time, the larger of `heap_replay.REPEATS` processes as `estimate()`
+uses it.
 Copy the printed constants into `calibration.DEFAULTS`.
 """
 
@@ -30,10 +31,10 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=3, help="replays per point (each the larger of 2 processes)")
     args = ap.parse_args()
     os.environ["OVERSEER_CACHE_DIR"] = tempfile.mkdtemp(prefix="overseer-refit-")
-    from overseer_plan import calibration, heap_replay
-    from overseer_plan.estimate import EstimateConfig
+    from overseer_plan import calibration
+    from overseer_plan.estimate import EstimateConfig, trace_inputs
     from overseer_plan.models import resolve_model_config
-    from overseer_plan.trace import quiet_transformers, trace_peak
+    from overseer_plan.trace import quiet_transformers
 
     data = json.loads((ROOT / "bench" / "results" / "calibration_measurements.json").read_text())
     measured = [m * MiB for m in data["measured_mib"]]
@@ -45,15 +46,12 @@ def main() -> None:
         with quiet_transformers():
             config = resolve_model_config(dict(model))
         settings = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt)
-        tr = trace_peak(config, settings)
-        sim = tr.extrapolate([calibration.simulate_glibc(r.events) for r in tr.runs])
-        churn = tr.extrapolate([calibration.heap_churn(r.events) for r in tr.runs])
-        draws = []
-        for _ in range(args.draws):
-            got = heap_replay.replay(config, settings, [tr.num_layers])
-            if got is None:
-                sys.exit("the real-allocator replay is unavailable here (needs glibc)")
-            draws.append(max(r["growth"] for r in got[0]))
+        # What `calibration.calibrate` and estimate() use; the allocator model and churn are the
+        # same in every draw, the replay's heap is not.
+        got = [trace_inputs(config, settings, "cpu") for _ in range(args.draws)]
+        if any(g["growth"] is None for g in got):
+            sys.exit("the real-allocator replay is unavailable here (needs glibc)")
+        sim, churn, draws = got[0]["sim_peak"], got[0]["churn"], [g["growth"] for g in got]
         churn_points.append((sim, churn, real))
         replay_points += [(d, real) for d in draws]
         print(f"{model['model_type']:6} {b} x {s} {'on ' if ckpt else 'off'} | {real / MiB:8.0f} {sim / MiB:13.0f} "

@@ -325,7 +325,8 @@ def cpu_rss_from_trace(heap_growth_bytes: float, sim_peak_bytes: float, churn_by
     misses what small blocks pin. Both are calibrated on the same points, so their mean is too,
     and their errors are partly independent: over two sets of replays of the 84 benchmark rows
     the mean's largest error was 15.2% and 10.8% against 20.6% and 14.9% for the replay alone
-    (bench/results/estimator_accuracy.md, sixth pass).
+    (bench/results/estimator_accuracy.md, sixth pass); after the seventh pass's trace fix, 10.6%
+    against 17.3%, though the replay alone had no row under -5% and the mean one.
     """
     replay = cpu_rss_from_replay(heap_growth_bytes, cal)
     return int(round((replay + cpu_rss_from_sim(sim_peak_bytes, cal, churn_bytes)) / 2))
@@ -341,18 +342,18 @@ def calibrate(*, write: bool = True, repeats: int = 2) -> Calibration:
     """Measure the calibration models on this machine and fit the CPU factors.
 
     Each run of `_CALIBRATION_RUNS` is measured with the benchmark protocol (`_measure.py`,
-    a fresh subprocess each) and traced; `churn_fraction` and `constant_bytes` are the least-
-    squares fit of measured - replayed against the replay's heap churn (`fit_churn_factors`),
-    with scale fixed at 1.0. Writes the file atomically. Takes a few minutes on a 2-core CPU
+    a fresh subprocess each) and traced as estimate() traces (`estimate.trace_inputs`);
+    `churn_fraction` and `constant_bytes` are the least-squares fit of measured - tensor-level
+    allocator model against the heap churn (`fit_churn_factors`), with scale fixed at 1.0, and
+    `replay_constant_bytes` the mean of measured - replayed heap (`fit_replay_constant`).
+    Writes the file atomically. Takes a few minutes on a 2-core CPU
     (`repeats` measurements per point, averaged).
     """
     import torch
 
-    from overseer_plan import heap_replay
     from overseer_plan._measure import measure
-    from overseer_plan.estimate import EstimateConfig
+    from overseer_plan.estimate import EstimateConfig, trace_inputs
     from overseer_plan.models import resolve_model_config
-    from overseer_plan.trace import trace_peak
 
     points = []
     for model, b, s, ckpt in _CALIBRATION_RUNS:
@@ -367,16 +368,13 @@ def calibrate(*, write: bool = True, repeats: int = 2) -> Calibration:
         }
         config = resolve_model_config(dict(model))
         settings = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt)
-        tr = trace_peak(config, settings)
-        sim = tr.extrapolate([simulate_glibc(r.events) for r in tr.runs])
-        churn = tr.extrapolate([heap_churn(r.events) for r in tr.runs])
-        replayed = heap_replay.replay(config, settings, [tr.num_layers])
+        got = trace_inputs(config, settings, "cpu")  # what estimate() feeds the heap models
         points.append({
             "model_type": model["model_type"], "batch_size": b, "seq_len": s, "gradient_checkpointing": ckpt,
-            "measured_bytes": int(real["peak_delta_bytes"]), "simulated_bytes": int(sim),
-            "churn_bytes": int(churn), "import_rss_bytes": int(real["rss_after_import_bytes"]),
+            "measured_bytes": int(real["peak_delta_bytes"]), "simulated_bytes": int(got["sim_peak"]),
+            "churn_bytes": int(got["churn"]), "import_rss_bytes": int(real["rss_after_import_bytes"]),
             # The statistic estimate() uses: the largest heap of the replay's processes.
-            "replay_bytes": max(r["growth"] for r in replayed[0]) if replayed else None,
+            "replay_bytes": int(got["growth"]) if got["growth"] is not None else None,
         })
     churn_fraction, constant = fit_churn_factors(
         [(p["simulated_bytes"], p["churn_bytes"], p["measured_bytes"]) for p in points])

@@ -267,8 +267,9 @@ def _write_trace_cache(key: str, result: dict[str, Any]) -> None:
         pass
 
 
-def _trace(config: Any, cfg: EstimateConfig, device: str) -> dict[str, Any]:
-    """The traced dry run's results, as cached: live peak, breakdown, phase and the heap models' inputs.
+def trace_inputs(config: Any, cfg: EstimateConfig, device: str) -> dict[str, Any]:
+    """The traced dry run's results, as cached: live peak, breakdown, phase and the heap models' inputs
+    (tensor-level allocator peak `sim_peak`, `churn`, and the replay's heap `growth` or None).
 
     On CPU, with glibc, each depth runs in fresh processes under the real-allocator replay
     (heap_replay.py); otherwise in this process, with the tensor-level allocator model only.
@@ -389,7 +390,7 @@ def estimate(
         cache_key = _trace_cache_key(fingerprint, cfg, device)
         got = _read_trace_cache(cache_key)
         if got is None:
-            got = _trace(resolved.config, cfg, device)
+            got = trace_inputs(resolved.config, cfg, device)
             _write_trace_cache(cache_key, got)
         else:
             notes.append("trace: reused this machine's cached result for the same config and versions")

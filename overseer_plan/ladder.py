@@ -105,6 +105,7 @@ class Rung(StrictModel):
 
 
 class LadderReport(StrictModel):
+    """One troubleshooting ladder walked on this machine."""
 
     symptom: str
     """oom, slow or overwhelmed."""

@@ -155,7 +155,7 @@ class _AllocLog:
         if self._adds_in_place(func, args, out):
             self._track(out, same_as=self.storage_key(args[0]))
         elif self._is_accumulation(func, args, kwargs, out):
-            self._pending = (out, self.storage_key(args[0]) if self._may_add_in_place(args[0], out) else None)
+            self._pending = (out, self._in_place_key(args[0], out))
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and (self._pending is None or t is not self._pending[0]):
                 self._track(t)
@@ -200,12 +200,14 @@ class _AllocLog:
         return (isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor) and isinstance(out, torch.Tensor)
                 and old.shape == new.shape == out.shape and old.dtype == out.dtype)
 
-    def _may_add_in_place(self, old: Any, out: Any) -> bool:
-        """What is known at the add of the real engine's conditions: `old` is dense and no other
-        tensor shares its storage (it is no more shared than the fresh output's). The last one,
-        that the engine held `old`'s last reference, shows next: `old` dies before anything else
-        happens, and `_freed` then aliases the output to it."""
-        return self.storage_key(old) is not None and _dense(old) and _storage_use_count(old) <= _storage_use_count(out)
+    def _in_place_key(self, old: Any, out: Any) -> int | None:
+        """The key the sum may alias, or None: what is known at the add of the real engine's
+        conditions holds, i.e. `old` is logged, dense and no other tensor shares its storage (it is
+        no more shared than the fresh output's). The last one, that the engine held `old`'s last
+        reference, shows next: `old` dies before anything else happens, and `_freed` then aliases
+        the output to it."""
+        key = self.storage_key(old)
+        return key if key is not None and _dense(old) and _storage_use_count(old) <= _storage_use_count(out) else None
 
     def _settle(self) -> None:
         """Log a pending accumulation's output as a new allocation: its `old` outlived it."""
@@ -350,7 +352,6 @@ def _unseen_fakes() -> Any:
 
     with _swapped(import_utils, is_fake_tensor=lambda x: False):
         yield
-
 
 
 @contextlib.contextmanager

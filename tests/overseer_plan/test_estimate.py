@@ -94,7 +94,7 @@ def test_traced_churn_counts_two_micro_batches_however_many():
     from overseer_plan.models import resolve_model_config
 
     config = resolve_model_config(GPT2)
-    churn = {k: estimate_module._trace(config, cfg(grad_accum=k), "cpu")["churn"] for k in (1, 2, 8)}
+    churn = {k: estimate_module.trace_inputs(config, cfg(grad_accum=k), "cpu")["churn"] for k in (1, 2, 8)}
     assert churn[2] > 1.5 * churn[1]
     assert churn[8] == churn[2]
 
