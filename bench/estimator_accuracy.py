@@ -106,8 +106,11 @@ def main() -> None:
                     help="with --family: also the other families' checkpointed rows at this batch size")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "estimator_accuracy.md"))
     ap.add_argument("--no-write", action="store_true", help="print only")
-    ap.add_argument("--repeats", type=int, default=3,
-                    help="protocol runs per row in fresh processes; 'measured' is their median (default 3)")
+    ap.add_argument("--rows-out", default=None,
+                    help="also write every row (measured runs, both methods, the traced estimate's two halves) as "
+                         "JSON here (default when writing: bench/results/estimator_rows.json)")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="protocol runs per row in fresh processes; 'measured' is their median (default 5)")
     ap.add_argument("--reuse-measurements", action="store_true",
                     help=f"reuse runs stored in {MEASUREMENTS.relative_to(ROOT)} for the same row and torch/transformers "
                          "versions (measuring only what is missing); predictions are always recomputed")
@@ -148,6 +151,9 @@ def main() -> None:
     timing = {(m, dev): _time_traced(m, dev) for m in TIMING_MODELS for dev in ("cuda", "cpu")}
     report = _report(rows, timing, args, time.time() - t_start)
     print(report)
+    rows_out = args.rows_out or (None if args.no_write else str(ROOT / "bench" / "results" / "estimator_rows.json"))
+    if rows_out:
+        Path(rows_out).write_text(json.dumps(rows, indent=1) + "\n")
     if not args.no_write:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +191,7 @@ def _report(rows: list[dict], timing: dict, args: argparse.Namespace, wall: floa
 
     mib = 2**20
     cmd = "python bench/estimator_accuracy.py" + (" --quick" if args.quick else "")
-    cmd += f" --repeats {args.repeats}" if args.repeats != 3 else ""
+    cmd += f" --repeats {args.repeats}" if args.repeats != 5 else ""
     cmd += " --reuse-measurements" if args.reuse_measurements else ""
     cmd += "".join(f" --family {f}" for f in args.family or [])
     cmd += f" --also-ckpt-batch {args.also_ckpt_batch}" if args.also_ckpt_batch else ""

@@ -1,11 +1,13 @@
 """Estimator accuracy on model shapes and settings outside bench/estimator_accuracy.py's matrix.
 
-    python bench/estimator_heldout.py [--repeats 2]     # ~2 min on 2 cores
+    python bench/estimator_heldout.py [--repeats 2] [--rows all|shapes|settings]    # ~4 min on 2 cores
 
 The matrix fixes one width and depth per family and power-of-two batch and sequence sizes; the
 calibration models are fixed too. These rows change all of that at once (another family, Qwen2
 with one key/value head and tied embeddings; odd widths, depths and vocabularies; sequence 640),
-so they test what a user's model would see. Measured: the protocol of overseer_plan/_measure.py,
+so they test what a user's model would see. The settings rows vary, one at a time, what the matrix
+keeps fixed: SGD and Adafactor (as the trainer runs them), eager attention, fp16 autocast, pure
+bf16, gradient accumulation. Measured: the protocol of overseer_plan/_measure.py,
 `--repeats` fresh processes per row, the mean reported with the runs' range.
 """
 
@@ -22,19 +24,33 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 MiB = 2**20
 
-ROWS = [
-    ({"model_type": "qwen2", "num_hidden_layers": 4, "hidden_size": 320, "intermediate_size": 864,
-      "num_attention_heads": 5, "num_key_value_heads": 1, "vocab_size": 6000, "max_position_embeddings": 1024,
-      "tie_word_embeddings": True}, 4, 384, False, "fp32"),
+QWEN = {"model_type": "qwen2", "num_hidden_layers": 4, "hidden_size": 320, "intermediate_size": 864,
+        "num_attention_heads": 5, "num_key_value_heads": 1, "vocab_size": 6000, "max_position_embeddings": 1024,
+        "tie_word_embeddings": True}
+GPT2_5 = {"model_type": "gpt2", "n_layer": 5, "n_embd": 320, "n_head": 5, "vocab_size": 9000, "n_positions": 1024}
+# Shapes: (model, settings). The matrix and the calibration use fp32/bf16 autocast, AdamW, sdpa.
+SHAPE_ROWS = [
+    (QWEN, dict(batch_size=4, seq_len=384)),
     ({"model_type": "llama", "num_hidden_layers": 5, "hidden_size": 384, "intermediate_size": 1024,
       "num_attention_heads": 6, "num_key_value_heads": 2, "vocab_size": 10000, "max_position_embeddings": 1024,
-      "tie_word_embeddings": False}, 2, 640, True, "fp32"),
-    ({"model_type": "gpt2", "n_layer": 5, "n_embd": 320, "n_head": 5, "vocab_size": 9000, "n_positions": 1024},
-     6, 256, False, "bf16"),
+      "tie_word_embeddings": False}, dict(batch_size=2, seq_len=640, gradient_checkpointing=True)),
+    (GPT2_5, dict(batch_size=6, seq_len=256, precision="bf16")),
     ({"model_type": "gpt2", "n_layer": 3, "n_embd": 384, "n_head": 6, "vocab_size": 7000, "n_positions": 1024},
-     6, 448, True, "fp32"),
+     dict(batch_size=6, seq_len=448, gradient_checkpointing=True)),
     ({"model_type": "gpt_neox", "num_hidden_layers": 3, "hidden_size": 320, "intermediate_size": 1280,
-      "num_attention_heads": 5, "vocab_size": 7000, "max_position_embeddings": 1024}, 6, 384, True, "bf16"),
+      "num_attention_heads": 5, "vocab_size": 7000, "max_position_embeddings": 1024},
+     dict(batch_size=6, seq_len=384, gradient_checkpointing=True, precision="bf16")),
+]
+# Settings the matrix never varies, one at a time on held-out models (optimizers as the trainer runs them).
+SETTING_ROWS = [
+    (QWEN, dict(batch_size=4, seq_len=384, optimizer="sgd")),
+    (QWEN, dict(batch_size=4, seq_len=384, optimizer="adafactor")),
+    (QWEN, dict(batch_size=4, seq_len=384, attention="eager")),
+    (QWEN, dict(batch_size=4, seq_len=384, precision="fp16")),
+    (QWEN, dict(batch_size=4, seq_len=384, precision="bf16-pure")),
+    (QWEN, dict(batch_size=2, seq_len=384, grad_accum=4)),
+    (GPT2_5, dict(batch_size=6, seq_len=256, attention="eager", gradient_checkpointing=True)),
+    (GPT2_5, dict(batch_size=6, seq_len=256, optimizer="adafactor", precision="bf16-pure")),
 ]
 
 
@@ -45,6 +61,8 @@ def _cell(v: float | None, real: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2, help="protocol runs per row")
+    ap.add_argument("--rows", choices=("all", "shapes", "settings"), default="all",
+                    help="shapes: other models and shapes; settings: optimizers, attention, precisions, accumulation")
     args = ap.parse_args()
     os.environ["OVERSEER_CACHE_DIR"] = tempfile.mkdtemp(prefix="overseer-heldout-")  # shipped defaults only
     from estimator_accuracy import _heap_models
@@ -53,14 +71,17 @@ def main() -> None:
     from overseer_plan.estimate import EstimateConfig, estimate
     from overseer_plan.trace import quiet_transformers
 
-    print("| model | batch x seq | ckpt | precision | measured MiB (runs) | traced (err) | replay half | "
-          "allocator half | analytic (err) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for model, b, s, ckpt, prec in ROWS:
-        runs = [measure({"config": dict(model), "batch_size": b, "seq_len": s, "gradient_checkpointing": ckpt,
-                         "precision": prec, "steps": 3})["peak_delta_bytes"] for _ in range(args.repeats)]
+    print("| model | batch x seq | settings | measured MiB (runs) | traced (err) | replay half | allocator half | "
+          "analytic (err) |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = SHAPE_ROWS + SETTING_ROWS if args.rows == "all" else SHAPE_ROWS if args.rows == "shapes" else SETTING_ROWS
+    for model, settings in rows:
+        cfg = EstimateConfig(**settings)
+        job = {"config": dict(model), "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
+               "grad_accum": cfg.grad_accum, "gradient_checkpointing": cfg.gradient_checkpointing,
+               "precision": cfg.precision, "optimizer": cfg.optimizer, "attention": cfg.attention, "steps": 3}
+        runs = [measure(job)["peak_delta_bytes"] for _ in range(args.repeats)]
         real = sum(runs) / len(runs)
-        cfg = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt, precision=prec)
         with quiet_transformers():
             tr = estimate(dict(model), cfg, method="traced")
             an = estimate(dict(model), cfg, method="analytic")
@@ -68,7 +89,8 @@ def main() -> None:
 
         depth = model.get("num_hidden_layers", model.get("n_layer"))
         width = model.get("hidden_size", model.get("n_embd"))
-        print(f"| {model['model_type']} {depth}x{width} | {b} x {s} | {'on' if ckpt else 'off'} | {prec} | "
+        shown = ", ".join(f"{k} {v}" for k, v in settings.items() if k not in ("batch_size", "seq_len")) or "-"
+        print(f"| {model['model_type']} {depth}x{width} | {cfg.batch_size} x {cfg.seq_len} | {shown} | "
               f"{real / MiB:.0f} ({min(runs) / MiB:.0f}-{max(runs) / MiB:.0f}) | {_cell(tr.peak_bytes, real)} | "
               f"{_cell(halves.get('replay_only'), real)} | {_cell(halves.get('allocator_only'), real)} | "
               f"{_cell(an.peak_bytes, real)} |",

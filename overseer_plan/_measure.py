@@ -9,6 +9,9 @@ This is what "measured" means for the estimator (bench/estimator_accuracy.py) an
 4. runs ``steps`` optimizer steps on random token batches of the given shape with
    ``labels = input_ids``, ``grad_accum`` micro-batches per step, autocast bf16/fp16 for
    mixed precision, ``model.gradient_checkpointing_enable()`` when asked;
+   ``bf16-pure`` builds the model in bf16 (parameters, gradients and optimizer states), and the
+   other optimizers are the trainer's (`trainer.optim.make_optimizer`: SGD with momentum,
+   transformers' Adafactor with an external learning rate, bitsandbytes' AdamW8bit);
 5. reports ``ru_maxrss`` minus the RSS recorded after the imports.
 
 Run as ``python -m overseer_plan._measure`` with a JSON job on stdin; it prints one JSON
@@ -51,6 +54,12 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     import torch
     import transformers
 
+    opt_name = job.get("optimizer", "adamw")
+    if opt_name != "adamw":
+        # Imported before the baseline, like torch: the trainer has these loaded before it trains.
+        import transformers.optimization  # noqa: F401
+
+        from trainer.optim import make_optimizer
     rss_after_import = _rss_bytes()
     maxrss_after_import = _maxrss_bytes()
     torch.manual_seed(int(job.get("seed", 0)))
@@ -58,24 +67,26 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     cfg_dict = dict(job["config"])
     model_type = cfg_dict.pop("model_type")
     config = transformers.AutoConfig.for_model(model_type, **cfg_dict)
+    precision = job.get("precision", "fp32")
+    if precision not in ("fp32", "bf16", "fp16", "bf16-pure"):
+        raise ValueError(f"precision must be fp32, bf16, fp16 or bf16-pure, not {precision!r}")
     kwargs: dict[str, Any] = {}
     if job.get("attention"):
         kwargs["attn_implementation"] = job["attention"]
+    if precision == "bf16-pure":
+        kwargs["dtype"] = torch.bfloat16
     model = transformers.AutoModelForCausalLM.from_config(config, **kwargs)
     if job.get("gradient_checkpointing"):
         # transformers 5 checkpoints non-reentrantly by default (the trace pins the same).
         model.gradient_checkpointing_enable()
     model.train()
 
-    opt_name = job.get("optimizer", "adamw")
     if opt_name == "adamw":
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    elif opt_name == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     else:
-        raise ValueError(f"the measurement protocol supports adamw and sgd, not {opt_name!r}")
+        # What the trainer runs for the memory-lean optimizers (its AdamW differs only in betas).
+        opt = make_optimizer(opt_name, [{"params": list(model.parameters())}], 1e-4)
 
-    precision = job.get("precision", "fp32")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     b, s, ga = int(job["batch_size"]), int(job["seq_len"]), int(job.get("grad_accum", 1))
     vocab = int(config.vocab_size)
@@ -99,6 +110,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "maxrss_after_import_bytes": maxrss_after_import,
         "final_rss_bytes": _rss_bytes(),
         "num_params": n_params,
+        "param_dtype": str(next(model.parameters()).dtype),
+        "optimizer": type(opt).__name__,
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
@@ -111,7 +124,8 @@ def measure(job: dict[str, Any], *, timeout_s: float = 1800.0) -> dict[str, Any]
     """Run the protocol for `job` in a fresh subprocess and return its JSON report.
 
     `job` keys: config (HF config dict with model_type), batch_size, seq_len, grad_accum,
-    precision ('fp32'|'bf16'|'fp16'), gradient_checkpointing, optimizer ('adamw'|'sgd'),
+    precision ('fp32'|'bf16'|'fp16'|'bf16-pure'), gradient_checkpointing,
+    optimizer ('adamw'|'sgd'|'adafactor'|'adamw8bit', the last with bitsandbytes),
     attention (None = the transformers default), steps (3), seed.
     """
     proc = subprocess.run(

@@ -44,6 +44,7 @@ from trainer import checkpoint as ckpt
 from trainer.data import eval_batches, prepare_data, steps_per_epoch, train_loader
 from trainer.monitor import ResourceMonitor
 from trainer.oom import OomPolicy, free_memory, step_up
+from trainer.optim import make_optimizer
 from trainer.runlog import RunLog
 from trainer.tokenizer import encoder_for
 
@@ -173,30 +174,6 @@ class _Injector:
     def after_step(self, _optimizer: Any, _args: Any, _kwargs: Any) -> None:
         if self.step_calls - 1 in self.opt_post:
             raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 1.00 GiB (synthetic: {INJECT_ENV} optpost)")
-
-
-def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
-    """The optimizer the config names (the planner falls back to a memory-lean one when AdamW cannot fit).
-
-    Adafactor runs with an external learning rate (the schedule's), as HF recommends for fine-tuning;
-    8-bit AdamW needs bitsandbytes, which is not a dependency.
-    """
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
-    if name == "adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
-    if name == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise UserInputError("optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes); "
-                                 "or set optimizer: adafactor, which also keeps its state small") from None
-        return bnb.optim.AdamW8bit(groups, lr=lr, betas=(0.9, 0.95))
-    raise UserInputError(f"unknown optimizer {name!r}; choose adamw, sgd, adafactor or adamw8bit")
 
 
 class Trainer:
