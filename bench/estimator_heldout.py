@@ -74,7 +74,7 @@ def main() -> None:
     print("| model | batch x seq | settings | measured MiB (runs) | traced (err) | replay half | allocator half | "
           "analytic (err) |")
     print("|---|---|---|---|---|---|---|---|")
-    rows = SHAPE_ROWS + SETTING_ROWS if args.rows == "all" else SHAPE_ROWS if args.rows == "shapes" else SETTING_ROWS
+    rows = {"all": SHAPE_ROWS + SETTING_ROWS, "shapes": SHAPE_ROWS, "settings": SETTING_ROWS}[args.rows]
     for model, settings in rows:
         cfg = EstimateConfig(**settings)
         job = {"config": dict(model), "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
