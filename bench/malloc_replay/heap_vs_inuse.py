@@ -4,7 +4,9 @@
 
 Samples glibc's mallinfo2 after every aten op of 3 AdamW steps: in-use bytes (uordblks + mmapped)
 against the heap's size (arena + mmapped). Their gap is fragmentation. Results:
-bench/results/estimator_accuracy.md, eighth pass.
+bench/results/estimator_accuracy.md, eighth pass. Caveat (ninth pass): the sampling mode itself makes
+ATen treat every tensor as subclass-like, so the autograd engine sums gradients out of place here,
+unlike the protocol run; heap_determinism.py and run.sh measure without any mode.
 """
 
 from __future__ import annotations

@@ -1,12 +1,18 @@
 """Which large buffers does the real step allocate that the traced dry run does not, op by op?
 
-    python bench/malloc_replay/opdiff.py [FAMILY BATCH SEQ on|off fp32|bf16]   (default: gpt2-4x256 8 512 on fp32)
+    python bench/malloc_replay/opdiff.py [FAMILY BATCH SEQ on|off fp32|bf16 [eager|sdpa]]   (default: gpt2-4x256 8 512 on fp32)
 
 Runs the benchmark protocol's 3 steps of one row for real, under mlog.c (LD_PRELOAD) and a
 TorchDispatchMode that marks each aten op, so every malloc of at least 256 KiB is attributed to the op
 whose kernel made it (kernel scratch included, which no dispatch mode sees); then the traced dry run
 (overseer_plan/trace.py) of the same row, its logged storages attributed the same way. Prints, per op,
 the buffers only one side allocates, and the op-count differences. Needs gcc and Linux.
+
+Caveat: any active TorchDispatchMode makes every tensor "subclass-like" to ATen
+(ATen/TensorSubclassLikeUtils.h checks `dispatch_mode_enabled()`), so under the real side's marking
+mode the autograd engine sums gradients out of place (`InputBuffer::accumulate`) and SDPA's math path
+adds its mask out of place. Extra `aten.add.Tensor` buffers of gradient size on the real side are that,
+not something the protocol run allocates (the trace models the unmarked run's in-place sums).
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ def _real(row: list[str], log_path: str) -> list[tuple[str, list[int]]]:
             mark(_OFF)
             return out
 
-    protocol(row[0], int(row[1]), int(row[2]), row[3] == "on", row[4], during_steps=Marks())
+    protocol(row[0], int(row[1]), int(row[2]), row[3] == "on", row[4], during_steps=Marks(),
+             attention=row[5] if len(row) > 5 else None)
     ctypes.CDLL(None).mlog_flush()
     per: dict[int, list[int]] = defaultdict(list)
     cur = None
@@ -86,7 +93,7 @@ def _traced(row: list[str]) -> list[tuple[str, list[int]]]:
     trace._AllocLog._dispatch = dispatch
     config = resolve_model_config(dict(FAMILIES[row[0]]))
     cfg = EstimateConfig(batch_size=int(row[1]), seq_len=int(row[2]), gradient_checkpointing=row[3] == "on",
-                         precision=row[4])
+                         precision=row[4], **({"attention": row[5]} if len(row) > 5 else {}))
     trace.trace_peak(config, cfg, device="cpu", depths=[int(config.num_hidden_layers)], events=Events)
     return ops
 

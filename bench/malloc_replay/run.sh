@@ -14,7 +14,7 @@ gcc -O2 -o "$work/replay" "$here/replay.c"
 args=("${@:-gpt2-4x256 8 512 on fp32}")
 # shellcheck disable=SC2086
 MLOG_FILE="$work/log.bin" LD_PRELOAD="$work/mlog.so" "$py" "$here/drive.py" ${args[*]} 2>/dev/null
-echo "whole log:      $("$work/replay" "$work/log.bin")"
+echo "whole log:      $("$work/replay" "$work/log.bin"); $("$py" "$here/inuse_peak.py" "$work/log.bin")"
 for mode in tensors-only no-lived-small; do
   "$py" "$here/filter.py" "$work/log.bin" "$work/$mode.bin" "$mode"
   printf '%-15s %s\n' "$mode:" "$("$work/replay" "$work/$mode.bin")"
@@ -22,4 +22,4 @@ done
 # The same row's traced dry run (fake tensors), its own small allocations interleaved.
 # shellcheck disable=SC2086
 MLOG_FILE="$work/trace.bin" LD_PRELOAD="$work/mlog.so" "$py" "$here/trace_drive.py" ${args[*]} 2>/dev/null
-echo "traced run:     $("$work/replay" "$work/trace.bin")"
+echo "traced run:     $("$work/replay" "$work/trace.bin"); $("$py" "$here/inuse_peak.py" "$work/trace.bin")"
