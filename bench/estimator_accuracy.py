@@ -67,17 +67,20 @@ def _row_key(fam: str, b: int, s: int, ckpt: bool, prec: str, ga: int) -> str:
     return f"{fam}|b{b}|s{s}|ga{ga}|ckpt{int(ckpt)}|{prec}|steps3|torch {torch.__version__}|transformers {transformers.__version__}"
 
 
+def protocol_job(fam: str, b: int, s: int, ckpt: bool, prec: str, ga: int) -> dict:
+    """The measurement protocol's job (overseer_plan/_measure.py) for one matrix row."""
+    return {"config": FAMILIES[fam], "batch_size": b, "seq_len": s, "gradient_checkpointing": ckpt,
+            "precision": prec, "grad_accum": ga, "steps": 3}
+
+
 def _measured(row: tuple, repeats: int, reuse: bool, store: dict) -> list[int]:
     """`repeats` protocol runs of a row (fresh processes), reusing stored runs when asked."""
     from overseer_plan._measure import measure
 
-    fam, b, s, ckpt, prec, ga = row
     key = _row_key(*row)
     runs = list(store.get(key, [])) if reuse else []
     while len(runs) < repeats:
-        job = {"config": FAMILIES[fam], "batch_size": b, "seq_len": s, "gradient_checkpointing": ckpt,
-               "precision": prec, "grad_accum": ga, "steps": 3}
-        runs.append(int(measure(job)["peak_delta_bytes"]))
+        runs.append(int(measure(protocol_job(*row))["peak_delta_bytes"]))
     store[key] = runs
     return runs[:repeats]
 

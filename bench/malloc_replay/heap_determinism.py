@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
-from estimator_accuracy import FAMILIES  # noqa: E402
+from estimator_accuracy import protocol_job  # noqa: E402
 
 CONDITIONS = {
     "default": ({}, False),
@@ -57,8 +57,7 @@ def main() -> None:
     if shutil.which("setarch") is None:
         sys.exit("heap_determinism: needs setarch (util-linux) to switch ASLR off for a child process")
     fam, b, s, ckpt, precision = a.row
-    job = {"config": FAMILIES[fam], "batch_size": int(b), "seq_len": int(s), "gradient_checkpointing": ckpt == "on",
-           "precision": precision, "grad_accum": 1, "seed": 0}
+    job = protocol_job(fam, int(b), int(s), ckpt == "on", precision, 1)
     print(f"{fam} {b}x{s} ckpt {ckpt} {precision}, {a.runs} runs per condition (ru_maxrss growth, MiB)")
     for name, (extra, no_aslr) in CONDITIONS.items():
         runs = [one_run(job, extra, no_aslr) for _ in range(a.runs)]

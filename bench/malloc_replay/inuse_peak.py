@@ -11,8 +11,7 @@ plus the tracer's own blocks. The heap's peak over this is fragmentation.
 import sys
 
 import numpy as np
-
-REC = np.dtype([("op", "u1"), ("tid", "u1"), ("pad", "u2"), ("pad2", "u4"), ("ptr", "u8"), ("size", "u8"), ("aux", "u8")])
+from filter import REC
 
 
 def peak_in_use(path: str) -> int:

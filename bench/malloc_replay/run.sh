@@ -2,7 +2,7 @@
 # What makes the CPU heap grow: log every malloc/free of one real protocol run, replay the log through
 # glibc whole, tensors only, and without small blocks that outlive a tensor event; then the traced dry
 # run of the same row with the tracer's own small allocations interleaved (BENCHMARKS.md §2).
-#   bash bench/malloc_replay/run.sh [FAMILY BATCH SEQ on|off fp32|bf16]   (default: gpt2-4x256 8 512 on fp32)
+#   bash bench/malloc_replay/run.sh [FAMILY BATCH SEQ on|off fp32|bf16 [eager|sdpa]]   (default: gpt2-4x256 8 512 on fp32)
 # Needs gcc and glibc >= 2.33 (mallinfo2). Linux only. Writes to a temporary directory.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

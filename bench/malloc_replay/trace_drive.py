@@ -2,7 +2,7 @@
 
 Replaying that log puts the tracer's own small allocations (it builds the same autograd graph on
 fake tensors) between the traced tensor blocks, which the tensor-only allocator model lacks.
-    python trace_drive.py FAMILY BATCH SEQ on|off fp32|bf16      (under LD_PRELOAD=mlog.so)
+    python trace_drive.py FAMILY BATCH SEQ on|off fp32|bf16 [eager|sdpa]      (under LD_PRELOAD=mlog.so)
 """
 
 import ctypes
@@ -33,7 +33,7 @@ class _Logged(list):
             tensor(event[0], event[1])
 
 
-def main(fam: str, b: int, s: int, ckpt: bool, precision: str) -> None:
+def main(fam: str, b: int, s: int, ckpt: bool, precision: str, attention: str = "sdpa") -> None:
     transformers.logging.set_verbosity_error()
     plain_init = trace._AllocLog.__init__
 
@@ -44,9 +44,10 @@ def main(fam: str, b: int, s: int, ckpt: bool, precision: str) -> None:
     trace._AllocLog.__init__ = init
     config = resolve_model_config(dict(FAMILIES[fam]))
     mark(1)
-    trace.trace_peak(config, EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt, precision=precision))
+    trace.trace_peak(config, EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt, precision=precision,
+                                            attention=attention))
     mark(2)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "on", sys.argv[5])
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "on", sys.argv[5], *sys.argv[6:7])
