@@ -38,24 +38,23 @@ def main() -> None:
 
     gap_x, gap_y, churn_x, churn_y = [], [], [], []
     print("model  b x s  ckpt precision | gap MiB  block MiB | churn MiB  work MiB")
-    for model, b, s, ckpt in calibration._CALIBRATION_RUNS:
+    for model, b, s, ckpt, precision in calibration._CALIBRATION_RUNS:
         with quiet_transformers():
             config = resolve_model_config(dict(model))
         shape = _analytic.model_shape(config, json.dumps(model, sort_keys=True))
-        for precision in ("fp32", "bf16"):
-            cfg = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt, precision=precision)
-            tr = trace_peak(config, cfg)
-            gap = tr.extrapolate([calibration.simulate_glibc(r.events) for r in tr.runs]) - tr.live_peak_bytes
-            churn = tr.extrapolate([calibration.heap_churn(r.events) for r in tr.runs])
-            block = _analytic.layer_activation_bytes(shape, cfg, "cpu")
-            trainable = _analytic.step_memory(shape, cfg, "cpu").trainable_params
-            work = 2 * shape.num_layers * block * (2 if ckpt else 1) + 2 * trainable * 4
-            gap_x.append([1.0, block if ckpt else 0.0, 0.0 if ckpt else block])
-            gap_y.append(gap)
-            churn_x.append([1.0, work])
-            churn_y.append(churn)
-            print(f"{model['model_type']:6s} {b} x {s:<4d} {'on ' if ckpt else 'off'}  {precision:9s} | "
-                  f"{gap / MiB:7.1f}  {block / MiB:9.1f} | {churn / MiB:9.1f}  {work / MiB:8.1f}")
+        cfg = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt, precision=precision)
+        tr = trace_peak(config, cfg)
+        gap = tr.extrapolate([calibration.simulate_glibc(r.events) for r in tr.runs]) - tr.live_peak_bytes
+        churn = tr.extrapolate([calibration.heap_churn(r.events) for r in tr.runs])
+        block = _analytic.layer_activation_bytes(shape, cfg, "cpu")
+        trainable = _analytic.step_memory(shape, cfg, "cpu").trainable_params
+        work = 2 * shape.num_layers * block * (2 if ckpt else 1) + 2 * trainable * 4
+        gap_x.append([1.0, block if ckpt else 0.0, 0.0 if ckpt else block])
+        gap_y.append(gap)
+        churn_x.append([1.0, work])
+        churn_y.append(churn)
+        print(f"{model['model_type']:6s} {b} x {s:<4d} {'on ' if ckpt else 'off'}  {precision:9s} | "
+              f"{gap / MiB:7.1f}  {block / MiB:9.1f} | {churn / MiB:9.1f}  {work / MiB:8.1f}")
     g, *_ = np.linalg.lstsq(np.array(gap_x), np.array(gap_y), rcond=None)
     c, *_ = np.linalg.lstsq(np.array(churn_x), np.array(churn_y), rcond=None)
     gap_res = (np.array(gap_x) @ g - np.array(gap_y)) / MiB

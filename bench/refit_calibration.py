@@ -1,6 +1,6 @@
 """Refit the shipped CPU calibration defaults after a change to what the trace allocates.
 
-    python bench/refit_calibration.py [--draws 3]     # ~3 min on 2 cores; prints the constants
+    python bench/refit_calibration.py [--draws 3]     # ~6 min on 2 cores; prints the constants
 
 `overseer estimate --calibrate` measures and traces the calibration points (`calibration.
 _CALIBRATION_RUNS`) on the user's machine. The shipped defaults (`calibration.DEFAULTS`) are that
@@ -41,27 +41,31 @@ def main() -> None:
     if len(measured) != len(calibration._CALIBRATION_RUNS):
         sys.exit("calibration_measurements.json does not match calibration._CALIBRATION_RUNS; re-measure")
     churn_points, replay_points = [], []
-    print("model  b x s  ckpt | measured  tensor-level  churn | replay draws (MiB)")
-    for (model, b, s, ckpt), real in zip(calibration._CALIBRATION_RUNS, measured, strict=True):
+    print("model  b x s  ckpt precision | measured  tensor-level  churn | replay draws (MiB)")
+    for (model, b, s, ckpt, precision), real in zip(calibration._CALIBRATION_RUNS, measured, strict=True):
         with quiet_transformers():
             config = resolve_model_config(dict(model))
-        settings = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt)
+        settings = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt, precision=precision)
+        half = calibration.is_half_precision(precision)
         # What `calibration.calibrate` and estimate() use; the allocator model and churn are the
         # same in every draw, the replay's heap is not.
         got = [trace_inputs(config, settings, "cpu") for _ in range(args.draws)]
         if any(g["growth"] is None for g in got):
             sys.exit("the real-allocator replay is unavailable here (needs glibc)")
         sim, churn, draws = got[0]["sim_peak"], got[0]["churn"], [g["growth"] for g in got]
-        churn_points.append((sim, churn, real))
-        replay_points += [(d, real) for d in draws]
-        print(f"{model['model_type']:6} {b} x {s} {'on ' if ckpt else 'off'} | {real / MiB:8.0f} {sim / MiB:13.0f} "
+        churn_points.append((sim, churn, real, half))
+        replay_points += [(d, real, half) for d in draws]
+        print(f"{model['model_type']:6} {b} x {s} {'on ' if ckpt else 'off'}  {precision:9} | {real / MiB:8.0f} {sim / MiB:13.0f} "
               f"{churn / MiB:6.0f} | {', '.join(f'{d / MiB:.0f}' for d in draws)}")
-    fraction, constant = calibration.fit_churn_factors(churn_points)
-    replay_constant = calibration.fit_replay_constant(replay_points)
-    residuals = [(y - x) / MiB for x, y in replay_points]
+    fraction, constant, churn_offset = calibration.fit_churn_factors(churn_points)
+    replay_constant, replay_offset = calibration.fit_replay_constant(replay_points)
+    residuals = [(y - x) / MiB for x, y, _ in replay_points]
+    offset = int(round((churn_offset + replay_offset) / 2))  # as calibration.calibrate combines them
     print(f"churn_fraction={fraction:.4f} constant_bytes={constant} ({constant / MiB:.1f} MiB)")
     print(f"replay_constant_bytes={replay_constant} ({replay_constant / MiB:.1f} MiB; residuals "
           f"{min(residuals):.0f}-{max(residuals):.0f} MiB)")
+    print(f"half_precision_bytes={offset} ({offset / MiB:+.1f} MiB; allocator model {churn_offset / MiB:+.1f}, "
+          f"replay {replay_offset / MiB:+.1f})")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,11 @@ class CpuFactors(StrictModel):
     """Bytes ru_maxrss grows beyond the real-allocator replay's heap growth (heap_replay.py): code
     pages and model-class imports touched by the first step, thread stacks and per-thread arenas,
     pymalloc's own mmapped arenas. None: not fitted, the replay is not used."""
+    half_precision_bytes: int = 0
+    """Added to both constants above when the step's matmuls run in 16 bits (bf16 or fp16 autocast,
+    pure bf16): fitted on the calibration models run at fp32 and at bf16. Negative here: an fp32 step
+    keeps about 11 MiB more outside its traced tensors than a bf16 one of the same model (a
+    measured offset; which buffers make it up is not known)."""
     provenance: str
     """How these numbers were obtained."""
 
@@ -113,23 +118,26 @@ DEFAULTS = Calibration(
     machine="overseer dev box: 2-core x86-64, glibc 2.36",
     cpu=CpuFactors(
         scale=1.0,
-        constant_bytes=137_437_017,
-        churn_fraction=0.0769,
+        constant_bytes=135_102_763,
+        churn_fraction=0.0805,
         provenance=(
             "fitted 2026-11-24 on the dev machine (2-core x86-64, 24 GiB, torch 2.13.0+cpu, transformers 5.23.0, "
-            "glibc 2.36) on the calibration models only. Measured: the mean of 5 protocol runs per point (two "
-            "pooled `calibrate()` runs; bench/results/calibration_measurements.json). Trace side recomputed by "
-            "`python bench/refit_calibration.py` after the trace learned the autograd engine's in-place gradient "
-            "accumulation: tensor-level model and churn from one trace, replay = 3 draws of the larger of 2 "
-            "processes. churn_fraction and constant_bytes: least squares of measured - tensor-level model = "
-            "churn_fraction * heap churn + constant, scale fixed at 1.0. replay_constant_bytes: mean of measured - "
-            "replayed heap growth. Points, measured / tensor-level model / churn / replay draws MiB: llama-style "
-            "3x192 2x256 354/186/250/201,202,204; 6x384 670/511/471/526,551,526; 6x384 ckpt 617/448/615/481,503,490; "
-            "gpt2-style 3x192 2x384 419/260/359/320,306,304; 6x256 611/442/587/496,502,496; 6x384 ckpt "
-            "736/491/1397/625,606,582. Result 0.0769 per churned byte + 131.1 MiB; replay constant 127.9 MiB "
-            "(residuals 99-154 MiB)"
+            "glibc 2.36) on the calibration models only, each shape at fp32 and at bf16 autocast. Measured: the mean "
+            "of 5 protocol runs per point (bench/results/calibration_measurements.json). Trace side by `python "
+            "bench/refit_calibration.py`: tensor-level model and churn from one trace, replay = 3 draws of the "
+            "larger of 2 processes. churn_fraction, constant_bytes and the allocator model's half-precision offset: "
+            "least squares of measured - tensor-level model = churn_fraction * heap churn + constant (+ offset at "
+            "bf16), scale fixed at 1.0. replay_constant_bytes: mean of measured - replayed heap growth at fp32; its "
+            "offset the bf16 mean minus that. half_precision_bytes: the mean of the two offsets (-9.9 and -11.5 MiB). "
+            "Points fp32 | bf16, measured / tensor-level model / churn / replay draws MiB: llama-style 3x192 2x256 "
+            "354/186/250/202,202,203 | 327/179/276/213,213,213; 6x384 670/511/471/521,524,527 | "
+            "635/478/432/509,496,503; 6x384 ckpt 617/448/615/491,475,478 | 588/444/552/458,448,468; gpt2-style 3x192 "
+            "2x384 419/260/359/299,314,306 | 404/254/343/317,312,317; 6x256 611/442/587/494,505,494 | "
+            "549/396/474/446,446,454; 6x384 ckpt 736/491/1397/665,597,611 | 687/465/1164/540,587,526. Result 0.0805 "
+            "per churned byte + 128.8 MiB; replay constant 128.5 MiB (residuals 71-161 MiB); half precision -10.7 MiB"
         ),
-        replay_constant_bytes=134_102_812,
+        replay_constant_bytes=134_720_171,
+        half_precision_bytes=-11_187_446,
     ),
     cuda=CudaFactors(
         context_bytes=400 * MiB,
@@ -149,9 +157,11 @@ DEFAULTS = Calibration(
 # Calibration models: one Llama-style block (RMSNorm, SwiGLU, GQA, no dropout) and one GPT-2-style
 # block (LayerNorm, GeLU, dropout 0.1), at widths, depths, vocabularies and shapes that appear in
 # no benchmark row, so the benchmark tests generalisation rather than the fit.
-# The checkpointed points give the heap-churn term a lever (recompute churns the most).
-_CALIBRATION_RUNS: tuple[tuple[dict[str, Any], int, int, bool], ...] = tuple(
-    (model, b, s, ckpt)
+# The checkpointed points give the heap-churn term a lever (recompute churns the most); each shape
+# runs at fp32 and under bf16 autocast, which give the half-precision offset its lever.
+_CALIBRATION_RUNS: tuple[tuple[dict[str, Any], int, int, bool, str], ...] = tuple(
+    (model, b, s, ckpt, precision)
+    for precision in ("fp32", "bf16")
     for model, shapes in (
         ({"model_type": "llama", "num_hidden_layers": 3, "hidden_size": 192, "intermediate_size": 512,
           "num_attention_heads": 6, "num_key_value_heads": 3, "vocab_size": 12000,
@@ -306,18 +316,26 @@ def churn_microbatches(grad_accum: int) -> int:
     return min(max(grad_accum, 1), ACCUM_CHURN_MICROBATCHES)
 
 
-def cpu_rss_from_sim(sim_peak_bytes: float, cal: Calibration, churn_bytes: float = 0.0) -> int:
+def is_half_precision(precision: str) -> bool:
+    """Whether a step at `precision` runs its matmuls in 16 bits (the `half_precision_bytes` offset applies)."""
+    return precision in ("bf16", "fp16", "bf16-pure")
+
+
+def cpu_rss_from_sim(sim_peak_bytes: float, cal: Calibration, churn_bytes: float = 0.0, *, half: bool = False) -> int:
     """Predicted ru_maxrss growth over the post-import RSS, from the allocator-model peak."""
     frag = cal.cpu.churn_fraction * churn_bytes
-    return int(round(cal.cpu.scale * sim_peak_bytes + frag + cal.cpu.constant_bytes))
+    offset = cal.cpu.half_precision_bytes if half else 0
+    return int(round(cal.cpu.scale * sim_peak_bytes + frag + cal.cpu.constant_bytes + offset))
 
 
-def cpu_rss_from_replay(heap_growth_bytes: float, cal: Calibration) -> int:
+def cpu_rss_from_replay(heap_growth_bytes: float, cal: Calibration, *, half: bool = False) -> int:
     """Predicted ru_maxrss growth from the real-allocator replay's heap growth (heap_replay.py)."""
-    return int(round(heap_growth_bytes + (cal.cpu.replay_constant_bytes or 0)))
+    offset = cal.cpu.half_precision_bytes if half else 0
+    return int(round(heap_growth_bytes + (cal.cpu.replay_constant_bytes or 0) + offset))
 
 
-def cpu_rss_from_trace(heap_growth_bytes: float, sim_peak_bytes: float, churn_bytes: float, cal: Calibration) -> int:
+def cpu_rss_from_trace(heap_growth_bytes: float, sim_peak_bytes: float, churn_bytes: float, cal: Calibration, *,
+                       half: bool = False) -> int:
     """Predicted ru_maxrss growth of a traced estimate: the mean of the two heap models.
 
     The replay samples one heap layout, and its draw varies from process to process (sd of
@@ -328,8 +346,8 @@ def cpu_rss_from_trace(heap_growth_bytes: float, sim_peak_bytes: float, churn_by
     (bench/results/estimator_accuracy.md, sixth pass); after the seventh pass's trace fix, 10.6%
     against 17.3%, though the replay alone had no row under -5% and the mean one.
     """
-    replay = cpu_rss_from_replay(heap_growth_bytes, cal)
-    return int(round((replay + cpu_rss_from_sim(sim_peak_bytes, cal, churn_bytes)) / 2))
+    replay = cpu_rss_from_replay(heap_growth_bytes, cal, half=half)
+    return int(round((replay + cpu_rss_from_sim(sim_peak_bytes, cal, churn_bytes, half=half)) / 2))
 
 
 def cuda_from_live(live_peak_bytes: float, cal: Calibration) -> int:
@@ -344,8 +362,9 @@ def calibrate(*, write: bool = True, repeats: int = 2) -> Calibration:
     Each run of `_CALIBRATION_RUNS` is measured with the benchmark protocol (`_measure.py`,
     a fresh subprocess each) and traced as estimate() traces (`estimate.trace_inputs`);
     `churn_fraction` and `constant_bytes` are the least-squares fit of measured - tensor-level
-    allocator model against the heap churn (`fit_churn_factors`), with scale fixed at 1.0, and
-    `replay_constant_bytes` the mean of measured - replayed heap (`fit_replay_constant`).
+    allocator model against the heap churn (`fit_churn_factors`), with scale fixed at 1.0,
+    `replay_constant_bytes` the mean of measured - replayed heap (`fit_replay_constant`), and
+    `half_precision_bytes` the mean of the two fits' bf16-minus-fp32 offsets.
     Writes the file atomically. Takes a few minutes on a 2-core CPU
     (`repeats` measurements per point, averaged).
     """
@@ -356,36 +375,43 @@ def calibrate(*, write: bool = True, repeats: int = 2) -> Calibration:
     from overseer_plan.models import resolve_model_config
 
     points = []
-    for model, b, s, ckpt in _CALIBRATION_RUNS:
+    for model, b, s, ckpt, precision in _CALIBRATION_RUNS:
         # ru_maxrss of the same run varies by a few percent between processes (thread timing):
         # average repeats.
         reals = [measure({"config": dict(model), "batch_size": b, "seq_len": s, "steps": 3,
-                          "gradient_checkpointing": ckpt})
+                          "gradient_checkpointing": ckpt, "precision": precision})
                  for _ in range(repeats)]
         real = {
             "peak_delta_bytes": sum(r["peak_delta_bytes"] for r in reals) / repeats,
             "rss_after_import_bytes": sum(r["rss_after_import_bytes"] for r in reals) / repeats,
         }
         config = resolve_model_config(dict(model))
-        settings = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt)
+        settings = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt, precision=precision)
         got = trace_inputs(config, settings, "cpu")  # what estimate() feeds the heap models
         points.append({
             "model_type": model["model_type"], "batch_size": b, "seq_len": s, "gradient_checkpointing": ckpt,
+            "precision": precision,
             "measured_bytes": int(real["peak_delta_bytes"]), "simulated_bytes": int(got["sim_peak"]),
             "churn_bytes": int(got["churn"]), "import_rss_bytes": int(real["rss_after_import_bytes"]),
             # The statistic estimate() uses: the largest heap of the replay's processes.
             "replay_bytes": int(got["growth"]) if got["growth"] is not None else None,
         })
-    churn_fraction, constant = fit_churn_factors(
-        [(p["simulated_bytes"], p["churn_bytes"], p["measured_bytes"]) for p in points])
-    replay_constant = fit_replay_constant(
-        [(p["replay_bytes"], p["measured_bytes"]) for p in points if p["replay_bytes"] is not None])
-    scale = 1.0
+    churn_fraction, constant, offset = fit_churn_factors(
+        [(p["simulated_bytes"], p["churn_bytes"], p["measured_bytes"], is_half_precision(p["precision"]))
+         for p in points])
+    replay = fit_replay_constant(
+        [(p["replay_bytes"], p["measured_bytes"], is_half_precision(p["precision"]))
+         for p in points if p["replay_bytes"] is not None])
+    replay_constant = replay[0] if replay else None
+    if replay:
+        # One offset serves both heap models: the mean of the two fits (they agree within a few MiB).
+        offset = int(round((offset + replay[1]) / 2))
     cal = Calibration(
         torch_version=torch.__version__,
         machine=f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs",
-        cpu=CpuFactors(scale=scale, constant_bytes=constant, churn_fraction=round(churn_fraction, 4),
-                       replay_constant_bytes=replay_constant, provenance=f"fitted by `overseer estimate --calibrate` on {platform.node()}"),
+        cpu=CpuFactors(scale=1.0, constant_bytes=constant, churn_fraction=round(churn_fraction, 4),
+                       replay_constant_bytes=replay_constant, half_precision_bytes=offset,
+                       provenance=f"fitted by `overseer estimate --calibrate` on {platform.node()}"),
         cuda=DEFAULTS.cuda,
         import_rss_bytes=int(sum(p["import_rss_bytes"] for p in points) / len(points)),
         points=points,
@@ -395,26 +421,45 @@ def calibrate(*, write: bool = True, repeats: int = 2) -> Calibration:
     return cal
 
 
-def fit_churn_factors(points: list[tuple[float, float, float]]) -> tuple[float, int]:
-    """Least-squares (churn_fraction, constant) for measured - simulated = fraction * churn + constant.
+def fit_churn_factors(points: list[tuple[float, float, float, bool]]) -> tuple[float, int, int]:
+    """Least squares of measured - simulated = fraction * churn + constant (+ offset at half precision).
 
-    Both are floored at 0: the replay is a lower bound by construction. With fewer than two
-    distinct churn values the fraction is 0 and the constant is the mean residual.
+    `points` are (simulated, churn, measured, half). Returns (churn_fraction, constant, offset):
+    the fraction is the slope within each precision (one intercept per precision), the constant the
+    fp32 intercept and the offset the half-precision intercept minus it (0 without both precisions).
+    The fraction and the constant are floored at 0: the replay is a lower bound by construction. With
+    fewer than two distinct churn values in a precision the fraction is 0 and the intercepts are the
+    mean residuals.
     """
-    resid = [(c, y - x) for x, c, y in points]
-    n = len(resid)
-    mc = sum(c for c, _ in resid) / n
-    mr = sum(r for _, r in resid) / n
-    scc = sum((c - mc) ** 2 for c, _ in resid)
-    frac = max(0.0, sum((c - mc) * (r - mr) for c, r in resid) / scc) if scc > 0 else 0.0
-    return frac, max(0, int(round(mr - frac * mc)))
+    groups: dict[bool, list[tuple[float, float]]] = {}
+    for x, c, y, half in points:
+        groups.setdefault(bool(half), []).append((c, y - x))
+    means = {h: (sum(c for c, _ in g) / len(g), sum(r for _, r in g) / len(g)) for h, g in groups.items()}
+    scc = sum((c - means[h][0]) ** 2 for h, g in groups.items() for c, _ in g)
+    scr = sum((c - means[h][0]) * (r - means[h][1]) for h, g in groups.items() for c, r in g)
+    frac = max(0.0, scr / scc) if scc > 0 else 0.0
+    intercept = {h: mr - frac * mc for h, (mc, mr) in means.items()}
+    base = intercept.get(False, intercept.get(True, 0.0))
+    offset = intercept[True] - base if len(intercept) == 2 else 0.0
+    return frac, max(0, int(round(base))), int(round(offset))
 
 
-def fit_replay_constant(points: list[tuple[float, float]]) -> int | None:
-    """The mean of measured - replayed heap growth over (replayed, measured) points; None without points."""
+def fit_replay_constant(points: list[tuple[float, float, bool]]) -> tuple[int, int] | None:
+    """(constant, half-precision offset) from (replayed, measured, half) points; None without points.
+
+    The constant is the mean of measured - replayed heap growth at fp32 (at half precision when
+    there is no fp32 point), the offset the half-precision mean minus it (0 without both).
+    """
     if not points:
         return None
-    return max(0, int(round(sum(y - x for x, y in points) / len(points))))
+    means = {}
+    for half in (False, True):
+        resid = [y - x for x, y, h in points if bool(h) == half]
+        if resid:
+            means[half] = sum(resid) / len(resid)
+    base = means.get(False, means.get(True, 0.0))
+    offset = means[True] - base if len(means) == 2 else 0.0
+    return max(0, int(round(base))), int(round(offset))
 
 
 def fit_cpu_factors(pairs: list[tuple[float, float]]) -> tuple[float, int]:

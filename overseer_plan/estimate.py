@@ -340,6 +340,7 @@ def estimate(
         cpu_rss_from_sim,
         cpu_rss_from_trace,
         cuda_from_live,
+        is_half_precision,
         load_calibration,
     )
 
@@ -426,10 +427,13 @@ def estimate(
                      f"({buckets / 2**20:.0f} MiB)")
 
     if device == "cpu":
+        half = is_half_precision(cfg.precision)
         if heap_growth is not None:
-            peak = cpu_rss_from_trace(heap_growth, sim_peak, churn, cal)
+            peak = cpu_rss_from_trace(heap_growth, sim_peak, churn, cal, half=half)
         else:
-            peak = cpu_rss_from_sim(sim_peak, cal, churn)
+            peak = cpu_rss_from_sim(sim_peak, cal, churn, half=half)
+        if half and cal.cpu.half_precision_bytes:
+            notes.append(f"cpu: {cal.cpu.half_precision_bytes / 2**20:+.0f} MiB calibrated offset for 16-bit matmuls")
         host = peak + cal.import_rss_bytes
         notes.append("cpu: peak_bytes is RSS growth over the post-import baseline; host_peak adds the baseline")
     else:

@@ -66,7 +66,8 @@ def estimate_command(
                   if cal.cpu.replay_constant_bytes is not None else "replay unavailable here")
         typer.echo(
             f"calibrated: {cal.cpu.churn_fraction:.4f} x heap churn + {cal.cpu.constant_bytes / 2**20:.0f} MiB "
-            f"over the allocator model; {replay} -> {calibration_path()}",
+            f"over the allocator model; {replay}; {cal.cpu.half_precision_bytes / 2**20:+.0f} MiB at 16-bit "
+            f"precision -> {calibration_path()}",
             err=True,
         )
     est = estimate(model, cfg, device=device, method=method)  # type: ignore[arg-type]

@@ -41,6 +41,17 @@ def test_file_is_used_when_present(tmp_path):
     assert any(str(tmp_path) in n for n in est.notes)
 
 
+def test_estimate_applies_the_half_precision_offset_to_16_bit_runs_only(tmp_path):
+    fp32, bf16 = EstimateConfig(), EstimateConfig(precision="bf16")
+    _write(tmp_path, half_precision_bytes=0)
+    base32, base16 = estimate("overseer-tiny", fp32), estimate("overseer-tiny", bf16)
+    _write(tmp_path, half_precision_bytes=-20 * MiB)
+    assert estimate("overseer-tiny", fp32).peak_bytes == base32.peak_bytes
+    est = estimate("overseer-tiny", bf16)
+    assert est.peak_bytes == base16.peak_bytes - 20 * MiB
+    assert any("16-bit matmuls" in n for n in est.notes)
+
+
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"cpu": {"scale": "x"}}), "[]"])
 def test_malformed_file_is_ignored_with_a_warning(tmp_path, content):
     (tmp_path / "calibration.json").write_text(content)
@@ -88,10 +99,30 @@ def test_calibration_path_honours_env(tmp_path):
 def test_fit_churn_factors_recovers_fraction_and_constant():
     from overseer_plan.calibration import fit_churn_factors
 
-    pts = [(sim, churn, sim + 0.05 * churn + 120 * MiB) for sim, churn in
+    pts = [(sim, churn, sim + 0.05 * churn + 120 * MiB, False) for sim, churn in
            [(100 * MiB, 200 * MiB), (300 * MiB, 900 * MiB), (500 * MiB, 1600 * MiB)]]
-    frac, const = fit_churn_factors(pts)
-    assert frac == pytest.approx(0.05) and const == pytest.approx(120 * MiB, abs=1)
+    frac, const, offset = fit_churn_factors(pts)
+    assert frac == pytest.approx(0.05) and const == pytest.approx(120 * MiB, abs=1) and offset == 0
+
+
+def test_fit_churn_factors_separates_the_half_precision_offset():
+    from overseer_plan.calibration import fit_churn_factors
+
+    shapes = [(100 * MiB, 200 * MiB), (300 * MiB, 900 * MiB), (500 * MiB, 1600 * MiB)]
+    pts = [(sim, churn, sim + 0.05 * churn + 120 * MiB - (17 * MiB if half else 0), half)
+           for half in (False, True) for sim, churn in shapes]
+    frac, const, offset = fit_churn_factors(pts)
+    assert frac == pytest.approx(0.05)
+    assert const == pytest.approx(120 * MiB, abs=1) and offset == pytest.approx(-17 * MiB, abs=1)
+
+
+def test_half_precision_offset_applies_to_16_bit_steps_only():
+    from overseer_plan.calibration import cpu_rss_from_replay, cpu_rss_from_sim, is_half_precision
+
+    cal = DEFAULTS.model_copy(update={"cpu": DEFAULTS.cpu.model_copy(update={"half_precision_bytes": -17 * MiB})})
+    assert cpu_rss_from_sim(100 * MiB, cal, half=True) == cpu_rss_from_sim(100 * MiB, cal) - 17 * MiB
+    assert cpu_rss_from_replay(100 * MiB, cal, half=True) == cpu_rss_from_replay(100 * MiB, cal) - 17 * MiB
+    assert [is_half_precision(p) for p in ("fp32", "bf16", "fp16", "bf16-pure")] == [False, True, True, True]
 
 
 def test_heap_churn_counts_the_last_step_below_the_mmap_cap():
@@ -108,3 +139,18 @@ def test_churn_allowance_adds_to_the_cpu_peak():
 
     base = cpu_rss_from_sim(100 * MiB, DEFAULTS)
     assert cpu_rss_from_sim(100 * MiB, DEFAULTS, 1000 * MiB) == base + round(DEFAULTS.cpu.churn_fraction * 1000 * MiB)
+
+
+def test_calibrate_measures_both_precisions_and_writes_a_usable_file(tmp_path, monkeypatch):
+    # One tiny shape at fp32 and at bf16: real protocol subprocesses, the allocator model only.
+    monkeypatch.setenv("OVERSEER_HEAP_REPLAY", "0")
+    tiny = {"model_type": "gpt2", "n_layer": 1, "n_embd": 64, "n_head": 2, "vocab_size": 500, "n_positions": 128}
+    monkeypatch.setattr(cal_mod, "_CALIBRATION_RUNS", tuple((tiny, 2, 64, False, p) for p in ("fp32", "bf16")))
+    cal = cal_mod.calibrate(repeats=1)
+    assert [p["precision"] for p in cal.points] == ["fp32", "bf16"]
+    assert all(p["measured_bytes"] > 0 for p in cal.points)
+    assert cal.cpu.replay_constant_bytes is None  # no replay ran
+    # The offset is the bf16 residual minus the fp32 one (one shape: the churn slope is 0).
+    resid = [p["measured_bytes"] - p["simulated_bytes"] for p in cal.points]
+    assert cal.cpu.churn_fraction == 0 and abs(cal.cpu.half_precision_bytes - (resid[1] - resid[0])) <= 1
+    assert load_calibration()[0] == cal

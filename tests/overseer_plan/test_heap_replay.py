@@ -69,9 +69,14 @@ def test_a_failing_replay_process_falls_back_instead_of_failing(monkeypatch):
 
 
 def test_replay_constant_is_the_mean_residual_and_never_negative():
-    assert fit_replay_constant([(100, 150), (200, 230)]) == 40
-    assert fit_replay_constant([(100, 90)]) == 0
+    assert fit_replay_constant([(100, 150, False), (200, 230, False)]) == (40, 0)
+    assert fit_replay_constant([(100, 90, False)]) == (0, 0)
     assert fit_replay_constant([]) is None
+
+
+def test_replay_half_precision_offset_is_the_difference_of_the_mean_residuals():
+    assert fit_replay_constant([(100, 150, False), (200, 230, False), (100, 130, True), (200, 210, True)]) == (40, -20)
+    assert fit_replay_constant([(100, 130, True)]) == (30, 0)
 
 
 @needs_glibc
