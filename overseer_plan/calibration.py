@@ -427,9 +427,9 @@ def fit_churn_factors(points: list[tuple[float, float, float, bool]]) -> tuple[f
     `points` are (simulated, churn, measured, half). Returns (churn_fraction, constant, offset):
     the fraction is the slope within each precision (one intercept per precision), the constant the
     fp32 intercept and the offset the half-precision intercept minus it (0 without both precisions).
-    The fraction and the constant are floored at 0: the replay is a lower bound by construction. With
-    fewer than two distinct churn values in a precision the fraction is 0 and the intercepts are the
-    mean residuals.
+    The fraction and the constant are floored at 0: the replay is a lower bound by construction. When
+    no precision has two distinct churn values the fraction is 0 and the intercepts are the mean
+    residuals.
     """
     groups: dict[bool, list[tuple[float, float]]] = {}
     for x, c, y, half in points:
