@@ -48,6 +48,8 @@ def main() -> None:
         accums = [int(x) for x in args.accum.split(",")]
     except ValueError:
         ap.error("shape is BATCHxSEQ and accum a comma-separated list of integers")
+    if min(b, s, args.repeats, *accums) < 1:
+        ap.error("batch, sequence, accumulation steps and --repeats must all be at least 1")
     os.environ["OVERSEER_CACHE_DIR"] = tempfile.mkdtemp(prefix="overseer-accum-")  # shipped defaults only
     from overseer_plan._measure import measure
     from overseer_plan.estimate import EstimateConfig, estimate

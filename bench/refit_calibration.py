@@ -60,7 +60,7 @@ def main() -> None:
     fraction, constant, churn_offset = calibration.fit_churn_factors(churn_points)
     replay_constant, replay_offset = calibration.fit_replay_constant(replay_points)
     residuals = [(y - x) / MiB for x, y, _ in replay_points]
-    offset = int(round((churn_offset + replay_offset) / 2))  # as calibration.calibrate combines them
+    offset = calibration.half_precision_offset(churn_offset, replay_offset)
     print(f"churn_fraction={fraction:.4f} constant_bytes={constant} ({constant / MiB:.1f} MiB)")
     print(f"replay_constant_bytes={replay_constant} ({replay_constant / MiB:.1f} MiB; residuals "
           f"{min(residuals):.0f}-{max(residuals):.0f} MiB)")

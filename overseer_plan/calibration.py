@@ -403,9 +403,7 @@ def calibrate(*, write: bool = True, repeats: int = 2) -> Calibration:
         [(p["replay_bytes"], p["measured_bytes"], is_half_precision(p["precision"]))
          for p in points if p["replay_bytes"] is not None])
     replay_constant = replay[0] if replay else None
-    if replay:
-        # One offset serves both heap models: the mean of the two fits (they agree within a few MiB).
-        offset = int(round((offset + replay[1]) / 2))
+    offset = half_precision_offset(offset, replay[1] if replay else None)
     cal = Calibration(
         torch_version=torch.__version__,
         machine=f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs",
@@ -460,6 +458,12 @@ def fit_replay_constant(points: list[tuple[float, float, bool]]) -> tuple[int, i
     base = means.get(False, means.get(True, 0.0))
     offset = means[True] - base if len(means) == 2 else 0.0
     return max(0, int(round(base))), int(round(offset))
+
+
+def half_precision_offset(churn_offset: int, replay_offset: int | None) -> int:
+    """One offset for both heap models: the mean of the two fits' (they agree within a few MiB);
+    the allocator model's alone when the replay did not run."""
+    return churn_offset if replay_offset is None else int(round((churn_offset + replay_offset) / 2))
 
 
 def fit_cpu_factors(pairs: list[tuple[float, float]]) -> tuple[float, int]:
