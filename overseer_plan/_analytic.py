@@ -265,6 +265,18 @@ def _uses_math_attention(shape: ModelShape, cfg: EstimateConfig, device: str) ->
     return device == "cpu" and shape.attn_dropout > 0
 
 
+def step_block_sizes(shape: ModelShape, cfg: EstimateConfig, device: str) -> list[int]:
+    """Sizes of the largest tensors a training step creates and frees, per micro-batch: the fp32
+    logits the loss reads, the MLP's intermediate and, where attention materialises it, the s x s
+    score matrix."""
+    T, s = cfg.batch_size * cfg.seq_len, cfg.seq_len
+    e = 4 if cfg.precision == "fp32" else 2
+    sizes = [T * shape.vocab * 4, T * shape.intermediate * e]
+    if _uses_math_attention(shape, cfg, device):
+        sizes.append(cfg.batch_size * shape.heads * s * s * e)
+    return sizes
+
+
 def dropout_mask_bytes(elem_bytes: int, device: str) -> int:
     """Bytes per element that dropout saves for backward.
 

@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +315,40 @@ ACCUM_CHURN_MICROBATCHES = 2
 def churn_microbatches(grad_accum: int) -> int:
     """How many micro-batches' heap churn the fragmentation allowance counts (see above)."""
     return min(max(grad_accum, 1), ACCUM_CHURN_MICROBATCHES)
+
+
+# Long runs. The protocol's 3 steps at GA 1 are 3 forward/backward passes; a training run makes
+# thousands, and the heap goes on fragmenting for about a dozen of them, then settles. Measured
+# (`python bench/long_run.py`, protocol at GA 1, medians of 4-5 fresh runs, MiB, 3 -> 48 steps):
+# calibration models gpt2-style 3x192 at 2 x 384 414 -> 446 and llama-style 3x192 at 6 x 384
+# 668 -> 690; matrix families gpt2-4x256 at 4 x 256 575 -> 629 and llama-4x256-gqa at 1 x 512
+# 458 -> 541 (BENCHMARKS.md). One more micro-batch of the churn allowance (the figure runs with
+# accumulation already count, since they make 3 x GA passes) covers the first three. The fourth
+# grows by two to three of its 31 MiB logits: a block just under glibc's 32 MiB mmap cap goes to
+# the heap or to its own mapping depending on the dynamic threshold at that moment, and over many
+# steps a few of them get pinned. So blocks in the top half of the heap's range count twice more.
+LONG_RUN_EDGE_BLOCKS = 2
+
+
+def edge_block_bytes(block_sizes: Sequence[int]) -> int:
+    """The largest of a step's big blocks that glibc may keep in the heap: under its 32 MiB mmap
+    cap and at least half of it (0 if none)."""
+    inside = [n for n in block_sizes if _MMAP_THRESHOLD_MAX // 2 <= n + _CHUNK_OVERHEAD < _MMAP_THRESHOLD_MAX]
+    return max(inside, default=0)
+
+
+def long_run_heap_bytes(churn_bytes: float, grad_accum: int, cal: Calibration, block_sizes: Sequence[int] = ()) -> int:
+    """Bytes a long CPU run's peak RSS adds past the protocol's 3 steps (see above).
+
+    `churn_bytes` is the churn the estimate counted (`churn_microbatches(grad_accum)` micro-batches'
+    worth); `block_sizes` the step's largest tensors (`_analytic.step_block_sizes`).
+    """
+    counted = churn_microbatches(grad_accum)
+    missing = ACCUM_CHURN_MICROBATCHES - counted
+    if missing <= 0:
+        return 0
+    churn = cal.cpu.churn_fraction * churn_bytes / counted * missing
+    return int(round(churn + LONG_RUN_EDGE_BLOCKS * edge_block_bytes(block_sizes)))
 
 
 def is_half_precision(precision: str) -> bool:

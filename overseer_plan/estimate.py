@@ -173,6 +173,9 @@ class MemoryEstimate(StrictModel):
     """Device that trains."""
     live_tensor_bytes: int
     """Live tensor storage at the peak, before allocator/framework overhead."""
+    long_run_extra_bytes: int = 0
+    """On cpu, what a long run adds to both peaks past the protocol's 3 steps (glibc's heap keeps
+    fragmenting for about a dozen forward/backward passes); the planner budgets for it. 0 on cuda."""
     model_info: ModelInfo
     config: EstimateConfig
     """The settings estimated."""
@@ -185,6 +188,16 @@ class MemoryEstimate(StrictModel):
     def total_bytes(self) -> int:
         """Alias of peak_bytes."""
         return self.peak_bytes
+
+    @property
+    def long_run_peak_bytes(self) -> int:
+        """peak_bytes after many steps: what a plan must fit."""
+        return self.peak_bytes + self.long_run_extra_bytes
+
+    @property
+    def long_run_host_peak_bytes(self) -> int:
+        """host_peak_bytes after many steps."""
+        return self.host_peak_bytes + self.long_run_extra_bytes
 
 
 _RESOLVED: dict[Any, Any] = {}
@@ -342,6 +355,7 @@ def estimate(
         cuda_from_live,
         is_half_precision,
         load_calibration,
+        long_run_heap_bytes,
     )
 
     t0 = time.perf_counter()
@@ -426,8 +440,10 @@ def estimate(
         notes.append(f"{cfg.num_processes} data-parallel processes: per process, plus DDP's gradient buckets "
                      f"({buckets / 2**20:.0f} MiB)")
 
+    long_run = 0
     if device == "cpu":
         half = is_half_precision(cfg.precision)
+        long_run = long_run_heap_bytes(churn, cfg.grad_accum, cal, _analytic.step_block_sizes(shape, cfg, device))
         if heap_growth is not None:
             peak = cpu_rss_from_trace(heap_growth, sim_peak, churn, cal, half=half)
         else:
@@ -436,6 +452,9 @@ def estimate(
             notes.append(f"cpu: {cal.cpu.half_precision_bytes / 2**20:+.0f} MiB calibrated offset for 16-bit matmuls")
         host = peak + cal.import_rss_bytes
         notes.append("cpu: peak_bytes is RSS growth over the post-import baseline; host_peak adds the baseline")
+        if long_run:
+            notes.append(f"cpu: a long run adds about {long_run / 2**20:.0f} MiB past the 3 steps peak_bytes predicts "
+                         "(heap fragmentation; included when planning)")
     else:
         peak = cuda_from_live(live, cal)
         host = cal.import_rss_bytes + cal.cuda.host_bytes + shape.num_params * (2 if cfg.precision == "bf16-pure" else 4)
@@ -450,6 +469,7 @@ def estimate(
         method=method,
         device=device,
         live_tensor_bytes=int(live),
+        long_run_extra_bytes=int(long_run),
         model_info=ModelInfo(
             name=name, model_type=resolved.model_type, num_params=shape.num_params,
             trainable_params=int(trainable), num_layers=shape.num_layers, max_positions=shape.max_positions,

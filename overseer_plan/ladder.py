@@ -153,7 +153,7 @@ class _Evaluator:
         return self._cache[key]
 
     def peak(self, cfg: TrainingConfig) -> int:
-        return int(self._estimate(cfg).peak_bytes)
+        return int(self._estimate(cfg).long_run_peak_bytes)  # what the plan budgets for
 
     def speed(self, cfg: TrainingConfig) -> float:
         from overseer_plan.plan import Candidate, _transient_bytes, throughput_score

@@ -72,9 +72,9 @@ class Candidate(_Model):
     max_sequence_length: int
     """Tokens per sequence."""
     peak_bytes: int | None = None
-    """Estimated peak on the training device."""
+    """Estimated peak on the training device over a long run (the estimate's long_run_peak_bytes)."""
     host_peak_bytes: int | None = None
-    """Estimated peak of host RAM."""
+    """Estimated peak of host RAM over a long run."""
     score: float = 0.0
     """Relative throughput (higher is faster)."""
     rejected: str | None = None
@@ -109,7 +109,9 @@ class Plan(_Model):
 
     def headroom_bytes(self) -> int | None:
         """Budget left after the estimated peak."""
-        return None if self.estimate is None else self.budget_bytes - int(self.estimate["peak_bytes"])
+        if self.estimate is None:
+            return None
+        return self.budget_bytes - int(self.estimate["peak_bytes"]) - int(self.estimate.get("long_run_extra_bytes", 0))
 
 
 # ---------------------------------------------------------------- mode
@@ -221,7 +223,7 @@ def fits(cfg: TrainingConfig, hw: Hardware, model: str | None, device: Device = 
     """Whether `cfg` is estimated to fit this machine's budget (used to validate ladder rungs)."""
     dev_budget, host_budget = budgets(hw, cfg, device)
     est = estimate_for(model or DEFAULT_MODEL, cfg, device, method, num_processes)
-    return est.peak_bytes <= dev_budget and est.host_peak_bytes <= host_budget
+    return est.long_run_peak_bytes <= dev_budget and est.long_run_host_peak_bytes <= host_budget
 
 
 # ---------------------------------------------------------------- the plan
@@ -393,7 +395,8 @@ def _judge(hw: Hardware, wl: Workload, base: TrainingConfig, model: str, c: Cand
     cfg = _apply(base, c)
     est = estimate_for(model, cfg, c.device, num_processes=wl.num_processes)
     dev_budget, host_budget = budgets(hw, cfg, c.device)
-    c.peak_bytes, c.host_peak_bytes = int(est.peak_bytes), int(est.host_peak_bytes)
+    # A plan has to hold for the whole run, not only the protocol's first 3 steps.
+    c.peak_bytes, c.host_peak_bytes = int(est.long_run_peak_bytes), int(est.long_run_host_peak_bytes)
     c.score = throughput_score(c, hw.cpu.has_native_bf16(), _transient_bytes(est))
     from overseer_plan.units import fmt_bytes
 
@@ -435,9 +438,10 @@ def _validate(hw: Hardware, wl: Workload, base: TrainingConfig, model: str,
         cfg = _apply(base, c)
         traced = estimate_for(model, cfg, c.device, method="traced", num_processes=wl.num_processes)
         dev_budget, _ = budgets(hw, cfg, c.device)
-        if traced.peak_bytes <= dev_budget:
-            return _promote(cands, c), f"traced dry run: {fmt_bytes(traced.peak_bytes)} <= budget {fmt_bytes(dev_budget)}"
-        c.rejected = f"traced dry run needs {fmt_bytes(traced.peak_bytes)}, budget {fmt_bytes(dev_budget)}"
+        need = traced.long_run_peak_bytes
+        if need <= dev_budget:
+            return _promote(cands, c), f"traced dry run: {fmt_bytes(need)} <= budget {fmt_bytes(dev_budget)}"
+        c.rejected = f"traced dry run needs {fmt_bytes(need)}, budget {fmt_bytes(dev_budget)}"
     return None, "traced dry run rejected the best analytic candidates"
 
 

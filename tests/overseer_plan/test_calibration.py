@@ -141,6 +141,43 @@ def test_churn_allowance_adds_to_the_cpu_peak():
     assert cpu_rss_from_sim(100 * MiB, DEFAULTS, 1000 * MiB) == base + round(DEFAULTS.cpu.churn_fraction * 1000 * MiB)
 
 
+def test_long_run_allowance_is_one_more_micro_batch_of_churn_and_only_at_ga_1():
+    from overseer_plan.calibration import long_run_heap_bytes
+
+    frac = DEFAULTS.cpu.churn_fraction
+    assert long_run_heap_bytes(1000 * MiB, 1, DEFAULTS) == round(frac * 1000 * MiB)
+    # With accumulation the estimate already counts two micro-batches' churn: a long run adds nothing.
+    assert long_run_heap_bytes(2000 * MiB, 2, DEFAULTS) == 0
+    assert long_run_heap_bytes(2000 * MiB, 16, DEFAULTS) == 0
+
+
+def test_long_run_counts_blocks_just_under_the_mmap_cap_twice():
+    from overseer_plan.calibration import edge_block_bytes, long_run_heap_bytes
+
+    # 31.25 MiB (fp32 logits of 1 x 512 x 16000): heap or mapping by the dynamic threshold; 62.5 MiB
+    # is always mapped, 8 MiB is ordinary heap churn.
+    assert edge_block_bytes([62_500 * 1024, 32_000 * 1024, 8 * MiB]) == 32_000 * 1024
+    assert edge_block_bytes([62_500 * 1024, 8 * MiB]) == 0
+    assert edge_block_bytes([32 * MiB]) == 0  # with the chunk header it is over the cap
+    base = long_run_heap_bytes(1000 * MiB, 1, DEFAULTS)
+    assert long_run_heap_bytes(1000 * MiB, 1, DEFAULTS, [20 * MiB]) == base + 40 * MiB
+    assert long_run_heap_bytes(1000 * MiB, 4, DEFAULTS, [20 * MiB]) == 0
+
+
+def test_estimate_reports_the_long_run_peak_on_cpu_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("OVERSEER_CACHE_DIR", str(tmp_path))
+    one = estimate("gpt2", EstimateConfig(batch_size=2, seq_len=256))
+    assert one.long_run_extra_bytes > 0
+    assert one.long_run_peak_bytes == one.peak_bytes + one.long_run_extra_bytes
+    assert one.long_run_host_peak_bytes == one.host_peak_bytes + one.long_run_extra_bytes
+    assert any("long run" in n for n in one.notes)
+    # The allowance is part of what accumulation already predicts for the 3-step protocol.
+    accum = estimate("gpt2", EstimateConfig(batch_size=2, seq_len=256, grad_accum=4))
+    assert accum.long_run_extra_bytes == 0
+    assert accum.peak_bytes >= one.long_run_peak_bytes
+    assert estimate("gpt2", EstimateConfig(batch_size=2, seq_len=256), device="cuda").long_run_extra_bytes == 0
+
+
 def test_calibrate_measures_both_precisions_and_writes_a_usable_file(tmp_path, monkeypatch):
     # One tiny shape at fp32 and at bf16: real protocol subprocesses, the allocator model only.
     monkeypatch.setenv("OVERSEER_HEAP_REPLAY", "0")

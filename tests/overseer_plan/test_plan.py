@@ -58,6 +58,22 @@ def test_fit_never_exceeds_the_budget_and_keeps_the_effective_batch(ram_gib: int
             assert c.peak_bytes <= plan.budget_bytes
 
 
+def test_cpu_candidates_are_judged_by_the_long_run_peak() -> None:
+    from overseer_plan.plan import estimate_for
+
+    hw = with_overrides(make_hw(), ram_bytes=12 * GiB, cpu_only=True)
+    # Without accumulation: the 3-step protocol the estimate predicts makes only 3 passes.
+    plan = _plan(hw, model="pythia-160m", batch_size=4, gradient_accumulation_steps=1)
+    assert plan.feasible and plan.config.gradient_accumulation_steps == 1
+    assert plan.estimate["long_run_extra_bytes"] > 0
+    assert plan.headroom_bytes() == (plan.budget_bytes - plan.estimate["peak_bytes"]
+                                     - plan.estimate["long_run_extra_bytes"])
+    chosen = next(c for c in plan.candidates if c.rejected is None)
+    assert chosen.peak_bytes == plan.estimate["peak_bytes"] + plan.estimate["long_run_extra_bytes"]
+    est = estimate_for("pythia-160m", plan.config, "cpu")
+    assert est.long_run_peak_bytes == chosen.peak_bytes
+
+
 def test_more_memory_never_gives_a_smaller_micro_batch() -> None:
     sizes = []
     for ram in (4, 8, 16, 32):
