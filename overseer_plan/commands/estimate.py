@@ -103,7 +103,7 @@ def _render(est: object) -> None:
         f"{'host peak (RSS)':<18}{fmt_bytes(e.host_peak_bytes):>12}",  # type: ignore[attr-defined]
     ]
     if e.long_run_extra_bytes:  # type: ignore[attr-defined]
-        lines.append(f"{'long-run peak':<18}{fmt_bytes(e.long_run_peak_bytes):>12}   (after many steps)")  # type: ignore[attr-defined]
+        lines.append(f"{'long-run peak':<18}{fmt_bytes(e.long_run_peak_bytes):>12}   (same measure, after many steps)")  # type: ignore[attr-defined]
     for line in lines:
         typer.echo(line)
     for note in e.notes:  # type: ignore[attr-defined]
