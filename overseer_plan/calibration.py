@@ -322,11 +322,13 @@ def churn_microbatches(grad_accum: int) -> int:
 # (`python bench/long_run.py`, protocol at GA 1, medians of 4-5 fresh runs, MiB, 3 -> 48 steps):
 # calibration models gpt2-style 3x192 at 2 x 384 414 -> 446 and llama-style 3x192 at 6 x 384
 # 668 -> 690; matrix families gpt2-4x256 at 4 x 256 575 -> 629 and llama-4x256-gqa at 1 x 512
-# 458 -> 541 (BENCHMARKS.md). One more micro-batch of the churn allowance (the figure runs with
-# accumulation already count, since they make 3 x GA passes) covers the first three. The fourth
-# grows by two to three of its 31 MiB logits: a block just under glibc's 32 MiB mmap cap goes to
-# the heap or to its own mapping depending on the dynamic threshold at that moment, and over many
-# steps a few of them get pinned. So blocks in the top half of the heap's range count twice more.
+# 458 -> 541 (BENCHMARKS.md). One more micro-batch of the churn allowance covers the first three
+# (runs with accumulation already make 3 x GA passes, and their estimate counts two micro-batches'
+# churn). The fourth grows by two to three of its 31 MiB logits: a block just under glibc's 32 MiB
+# mmap cap goes to the heap or to its own mapping depending on the dynamic threshold at that moment,
+# and over many steps a few of them get pinned. So blocks in the top half of the heap's range count
+# twice more. It is a margin: checkpointed steps churn the most and are over-covered (+18% at 48
+# steps for gpt2-4x256 4 x 512), and a held-out Qwen2 came out 6-9% high.
 LONG_RUN_EDGE_BLOCKS = 2
 
 
