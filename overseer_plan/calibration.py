@@ -327,7 +327,9 @@ def churn_microbatches(grad_accum: int) -> int:
 # churn). The fourth grows by two to three of its 31 MiB logits: a block just under glibc's 32 MiB
 # mmap cap goes to the heap or to its own mapping depending on the dynamic threshold at that moment,
 # and over many steps a few of them get pinned. So blocks in the top half of the heap's range count
-# twice more. It is a margin: checkpointed steps churn the most and are over-covered (+18% at 48
+# twice more, at any GA: with accumulation the protocol's estimate leaves them out (its GA 8
+# matrix rows would run 6-12% high with them), yet llama-4x256-gqa at 2 x 256, whose logits are
+# 31.25 MiB, was under-predicted by 4.7% and 7.4% at GA 16 and 32 (48 and 96 passes). It is a margin: checkpointed steps churn the most and are over-covered (+18% at 48
 # steps for gpt2-4x256 4 x 512), and a held-out Qwen2 came out 6-9% high.
 LONG_RUN_EDGE_BLOCKS = 2
 
@@ -346,9 +348,7 @@ def long_run_heap_bytes(churn_bytes: float, grad_accum: int, cal: Calibration, b
     worth); `block_sizes` the step's largest tensors (`_analytic.step_block_sizes`).
     """
     counted = churn_microbatches(grad_accum)
-    missing = ACCUM_CHURN_MICROBATCHES - counted
-    if missing <= 0:
-        return 0
+    missing = max(ACCUM_CHURN_MICROBATCHES - counted, 0)
     churn = cal.cpu.churn_fraction * churn_bytes / counted * missing
     return int(round(churn + LONG_RUN_EDGE_BLOCKS * edge_block_bytes(block_sizes)))
 
