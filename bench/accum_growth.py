@@ -34,6 +34,19 @@ def models() -> dict[str, dict]:
     return {**FAMILIES, "qwen2": QWEN, **calibration}
 
 
+def parse_sizes(ap: argparse.ArgumentParser, shape: str, values: str, repeats: int,
+                what: str) -> tuple[int, int, list[int]]:
+    """BATCHxSEQ and a comma-separated list of `what`, all at least 1 with `repeats`; else a usage error."""
+    try:
+        b, s = (int(x) for x in shape.lower().split("x"))
+        got = [int(x) for x in values.split(",")]
+    except ValueError:
+        ap.error(f"shape is BATCHxSEQ and {what} a comma-separated list of integers")
+    if min(b, s, repeats, *got) < 1:
+        ap.error(f"batch, sequence, {what} and --repeats must all be at least 1")
+    return b, s, got
+
+
 def main() -> None:
     known = models()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,13 +56,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="protocol runs per GA")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "bf16-pure"))
     args = ap.parse_args()
-    try:
-        b, s = (int(x) for x in args.shape.lower().split("x"))
-        accums = [int(x) for x in args.accum.split(",")]
-    except ValueError:
-        ap.error("shape is BATCHxSEQ and accum a comma-separated list of integers")
-    if min(b, s, args.repeats, *accums) < 1:
-        ap.error("batch, sequence, accumulation steps and --repeats must all be at least 1")
+    b, s, accums = parse_sizes(ap, args.shape, args.accum, args.repeats, "accumulation steps")
     os.environ["OVERSEER_CACHE_DIR"] = tempfile.mkdtemp(prefix="overseer-accum-")  # shipped defaults only
     from overseer_plan._measure import measure
     from overseer_plan.estimate import EstimateConfig, estimate

@@ -25,7 +25,7 @@ MiB = 2**20
 
 
 def main() -> None:
-    from accum_growth import models
+    from accum_growth import models, parse_sizes
 
     known = models()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,13 +36,7 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "bf16-pure"))
     ap.add_argument("--ckpt", action="store_true", help="gradient checkpointing")
     args = ap.parse_args()
-    try:
-        b, s = (int(x) for x in args.shape.lower().split("x"))
-        steps = [int(x) for x in args.steps.split(",")]
-    except ValueError:
-        ap.error("shape is BATCHxSEQ and --steps a comma-separated list of integers")
-    if min(b, s, args.repeats, *steps) < 1:
-        ap.error("batch, sequence, step counts and --repeats must all be at least 1")
+    b, s, steps = parse_sizes(ap, args.shape, args.steps, args.repeats, "step counts")
     os.environ["OVERSEER_CACHE_DIR"] = tempfile.mkdtemp(prefix="overseer-longrun-")  # shipped defaults only
     from overseer_plan._measure import measure
     from overseer_plan.estimate import EstimateConfig, estimate

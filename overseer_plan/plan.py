@@ -107,11 +107,16 @@ class Plan(_Model):
     validation: str | None = None
     """What the traced dry run said about the winner."""
 
-    def headroom_bytes(self) -> int | None:
-        """Budget left after the estimated peak."""
+    def planned_peak_bytes(self) -> int | None:
+        """The winner's long-run peak, what the budget was checked against (None when nothing fits)."""
         if self.estimate is None:
             return None
-        return self.budget_bytes - int(self.estimate["peak_bytes"]) - int(self.estimate.get("long_run_extra_bytes", 0))
+        return int(self.estimate["peak_bytes"]) + int(self.estimate.get("long_run_extra_bytes", 0))
+
+    def headroom_bytes(self) -> int | None:
+        """Budget left after the planned peak."""
+        peak = self.planned_peak_bytes()
+        return None if peak is None else self.budget_bytes - peak
 
 
 # ---------------------------------------------------------------- mode

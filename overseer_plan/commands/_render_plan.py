@@ -41,7 +41,7 @@ def _memory(plan: Any) -> list[str]:
             out.append(f"  {key.replace('_', ' '):<18} {fmt_bytes(breakdown[key]):>12}")
     out.append(f"  {'peak':<18} {fmt_bytes(est['peak_bytes']):>12}  (at {est.get('peak_phase', '?')})")
     if est.get("long_run_extra_bytes"):
-        out.append(f"  {'long-run peak':<18} {fmt_bytes(est['peak_bytes'] + est['long_run_extra_bytes']):>12}  "
+        out.append(f"  {'long-run peak':<18} {fmt_bytes(plan.planned_peak_bytes()):>12}  "
                    "(heap fragmentation after the first steps)")
     out.append(f"  {'budget':<18} {fmt_bytes(plan.budget_bytes):>12}  headroom {fmt_bytes(plan.headroom_bytes())}")
     if plan.validation:
