@@ -258,11 +258,15 @@ def _uses_math_attention(shape: ModelShape, cfg: EstimateConfig, device: str) ->
 
     eager always does; SDPA on CPU falls back to the math kernel when dropout is on (measured:
     torch 2.13 `_fused_sdp_choice` returns MATH for dropout_p > 0, FLASH otherwise); on CUDA
-    flash / memory-efficient kernels handle dropout.
+    flash / memory-efficient kernels handle dropout, but fp32 inputs with grouped key/value heads
+    take the math kernel there (flash needs 16 bits, the efficient kernel takes no `enable_gqa`;
+    measured on an H100, trace.py `_cuda_kernels`).
     """
     if cfg.attention == "eager":
         return True
-    return device == "cpu" and shape.attn_dropout > 0
+    if device == "cuda":
+        return cfg.precision == "fp32" and shape.kv_heads < shape.heads
+    return shape.attn_dropout > 0
 
 
 def step_block_sizes(shape: ModelShape, cfg: EstimateConfig, device: str) -> list[int]:
@@ -328,6 +332,10 @@ def layer_activation_bytes(shape: ModelShape, cfg: EstimateConfig, device: str) 
     # MLP: SwiGLU saves gate, act(gate), up, product; GeLU saves fc output (+ gelu_new's
     # composed intermediates) and its output.
     mlp = 4 * T * inner * e if shape.gated_mlp else (1 + shape.gelu_ops) * T * inner * e
+    if device == "cuda" and cfg.precision in ("fp16", "bf16") and shape.gelu_ops > 1:
+        # CUDA autocast runs pow (gelu_new's x**3) in fp32, and the rest of the composed chain follows
+        # (trace.py `_cuda_autocast`; measured on an H100).
+        mlp = T * inner * e + shape.gelu_ops * T * inner * 4
     # Residual dropout masks (attention and MLP outputs).
     dropm = 2 * T * h * mask_b if shape.resid_dropout > 0 else 0
     return norms + qkv + out + attn + mlp + dropm

@@ -14,6 +14,15 @@ This is what "measured" means for the estimator (bench/estimator_accuracy.py) an
    transformers' Adafactor with an external learning rate, bitsandbytes' AdamW8bit);
 5. reports ``ru_maxrss`` minus the RSS recorded after the imports.
 
+With ``"device": "cuda"`` in the job (the GPU protocol) the model is built the same way on the
+host, moved with ``model.to("cuda")`` (what accelerate's ``prepare`` does), the batches are made on
+the device and autocast is CUDA's; the report adds ``torch.cuda.max_memory_reserved()`` and
+``max_memory_allocated()`` after the steps and the CUDA context: device memory in use (NVML, which
+creates no context) before ``torch.cuda.init()``, and ``mem_get_info()`` after initialisation and
+again after the steps, where it includes the kernels loaded lazily by the first step. The context
+figures are only meaningful when no other process allocates on the device meanwhile (the GPU
+benchmark measures them in processes of their own).
+
 Run as ``python -m overseer_plan._measure`` with a JSON job on stdin; it prints one JSON
 line. `measure()` does that in a subprocess so the caller's own memory never mixes in.
 """
@@ -48,6 +57,38 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _nvml_used_bytes() -> int | None:
+    """Device 0's used memory from NVML (creates no CUDA context); None without NVML."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - NVML missing or refused: the figure is optional
+        return None
+
+
+def _nvml_process_bytes() -> int | None:
+    """This process's device memory as NVML (and nvidia-smi) report it; None where NVML cannot say."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
+                    return int(proc.usedGpuMemory)
+            return None
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - optional figure
+        return None
+
+
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run the protocol in *this* process (call it only in a fresh subprocess)."""
     t0 = time.perf_counter()
@@ -60,8 +101,19 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         import transformers.optimization  # noqa: F401
 
         from trainer.optim import make_optimizer
+    device = job.get("device", "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, not {device!r}")
+    cuda: dict[str, Any] = {}
+    if device == "cuda":
+        cuda["device_used_before_init_bytes"] = _nvml_used_bytes()
     rss_after_import = _rss_bytes()
     maxrss_after_import = _maxrss_bytes()
+    if device == "cuda":
+        torch.cuda.init()
+        free, total = torch.cuda.mem_get_info()
+        cuda["device_used_after_init_bytes"] = total - free
+        cuda["device_total_bytes"] = total
     torch.manual_seed(int(job.get("seed", 0)))
 
     cfg_dict = dict(job["config"])
@@ -80,6 +132,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         # transformers 5 checkpoints non-reentrantly by default (the trace pins the same).
         model.gradient_checkpointing_enable()
     model.train()
+    if device == "cuda":
+        model.to("cuda")
 
     if opt_name == "adamw":
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -92,9 +146,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     vocab = int(config.vocab_size)
     for _ in range(int(job.get("steps", 3))):
         for _ in range(ga):
-            ids = torch.randint(0, vocab, (b, s))
+            ids = torch.randint(0, vocab, (b, s), device=device)
             if amp_dtype is not None:
-                with torch.autocast("cpu", dtype=amp_dtype):
+                with torch.autocast(device, dtype=amp_dtype):
                     loss = model(input_ids=ids, labels=ids).loss
             else:
                 loss = model(input_ids=ids, labels=ids).loss
@@ -103,8 +157,26 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    if device == "cuda":
+        torch.cuda.synchronize()
+        free, total = torch.cuda.mem_get_info()
+        stats = torch.cuda.memory_stats()
+        cuda.update({
+            "max_reserved_bytes": torch.cuda.max_memory_reserved(),
+            "max_allocated_bytes": torch.cuda.max_memory_allocated(),
+            "reserved_end_bytes": torch.cuda.memory_reserved(),
+            "allocated_end_bytes": torch.cuda.memory_allocated(),
+            "device_used_end_bytes": total - free,
+            "alloc_retries": int(stats.get("num_alloc_retries", 0)),
+            "segments_peak": int(stats.get("segment.all.peak", 0)),
+            "process_used_end_bytes": _nvml_process_bytes(),
+            "gpu_name": torch.cuda.get_device_name(0),
+            "cuda_version": torch.version.cuda,
+        })
     n_params = sum(p.numel() for p in model.parameters())
     return {
+        "device": device,
+        **cuda,
         "peak_delta_bytes": _maxrss_bytes() - rss_after_import,
         "rss_after_import_bytes": rss_after_import,
         "maxrss_after_import_bytes": maxrss_after_import,
@@ -126,7 +198,7 @@ def measure(job: dict[str, Any], *, timeout_s: float = 1800.0) -> dict[str, Any]
     `job` keys: config (HF config dict with model_type), batch_size, seq_len, grad_accum,
     precision ('fp32'|'bf16'|'fp16'|'bf16-pure'), gradient_checkpointing,
     optimizer ('adamw'|'sgd'|'adafactor'|'adamw8bit', the last with bitsandbytes),
-    attention (None = the transformers default), steps (3), seed.
+    attention (None = the transformers default), steps (3), seed, device ('cpu' | 'cuda').
     """
     proc = subprocess.run(
         [sys.executable, "-m", "overseer_plan._measure"],

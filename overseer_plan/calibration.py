@@ -24,10 +24,10 @@ allocates the traced tensors through this machine's glibc next to the tracer's o
 blocks, and only a constant is added (`CpuFactors.replay_constant_bytes`). The tensor-level
 model above is the fallback (and the analytic method's stand-in).
 
-CUDA (no GPU here, so these are literature constants, unmeasured on this machine):
-context 300-500 MiB (NAIRR GPU guide; Fujii et al. 2024, arXiv 2411.06465), cuBLAS
-workspace, the caching allocator's 512-byte rounding (c10/cuda/CUDACachingAllocator.cpp,
-kMinBlockSize) and reserved-over-allocated slack.
+CUDA: the traced method replays its allocation log through the caching allocator's policy
+(cuda_alloc.py), which gives max_memory_reserved; the context (outside the allocator) and the
+cuBLAS workspace size were measured on an H100 (`DEFAULTS.cuda`); the analytic method uses a
+reserved-over-allocated slack instead of the replay.
 """
 
 from __future__ import annotations
@@ -80,14 +80,20 @@ class CpuFactors(StrictModel):
 
 
 class CudaFactors(StrictModel):
-    """peak = (1 + reserved_slack) * rounded live bytes + context + cuBLAS workspace."""
+    """peak = reserved + context; reserved from the caching-allocator replay (traced) or
+    (1 + reserved_slack) * (live bytes + two cuBLAS workspaces) (analytic)."""
 
     context_bytes: int
-    """CUDA context and kernel images (invisible to the caching allocator)."""
+    """Device memory outside the caching allocator: CUDA context, kernel images, library handles."""
     cublas_workspace_bytes: int
-    """cuBLAS workspace per stream/handle."""
+    """cuBLAS workspace per handle, allocated through the caching allocator (one handle per thread
+    that multiplies matrices: two in a training step)."""
     reserved_slack: float
-    """Reserved-over-allocated fraction of the caching allocator (fragmentation, block rounding)."""
+    """Reserved-over-allocated fraction of the caching allocator (fragmentation, block rounding),
+    for the analytic method."""
+    checkpointing_slack: float | None = None
+    """The same with gradient checkpointing, whose recomputation interleaves short-lived blocks with
+    saved ones and fragments more; None: reserved_slack."""
     host_bytes: int
     """Host RSS added by the CUDA runtime (driver and runtime libraries, pinned staging)."""
     measured: bool
@@ -141,15 +147,23 @@ DEFAULTS = Calibration(
         half_precision_bytes=-11_187_446,
     ),
     cuda=CudaFactors(
-        context_bytes=400 * MiB,
-        cublas_workspace_bytes=8 * MiB,
-        reserved_slack=0.05,
+        context_bytes=300_744_704,
+        cublas_workspace_bytes=32 * MiB,
+        reserved_slack=0.075,
+        checkpointing_slack=0.165,
         host_bytes=1024 * MiB,
-        measured=False,
+        measured=True,
         provenance=(
-            "literature, unmeasured here (no GPU): context 300-500 MiB (NAIRR guide; arXiv 2411.06465), "
-            "cuBLAS workspace 4-8 MiB per handle (CUBLAS_WORKSPACE_CONFIG docs), 5% reserved slack "
-            "(torchtitan estimator README: add 10-20% buffer)"
+            "measured 2026-11-24 on one NVIDIA H100 80GB HBM3 (driver 580.159.04, torch 2.11.0+cu130, "
+            "transformers 5.23.0) with the GPU protocol (bench/gpu_accuracy.py, "
+            "bench/results/gpu_measurements.json). Context: device memory in use after the 3 steps (mem_get_info) "
+            "less the NVML reading before CUDA initialisation less memory_reserved(), 286.8 MiB with bf16 kernels "
+            "loaded, 270.8 MiB at fp32, the same for the three matrix families. cuBLAS workspace: two 32 MiB "
+            "blocks live at every peak in torch.cuda.memory snapshots (one per thread that multiplies: forward "
+            "and the autograd engine's). reserved_slack and checkpointing_slack (analytic method only; the traced "
+            "method replays the caching allocator): medians of measured reserved over analytic live + workspaces "
+            "on the catalogue rows of the first GPU set without (5 rows) and with (4) checkpointing. host_bytes: host RSS growth "
+            "past the parameters, 712-817 MiB up to Qwen2-0.5B, 1302 MiB for Llama-3.2-1B at fp32"
         ),
     ),
     import_rss_bytes=249_015_296,  # measured with the points above
@@ -203,10 +217,11 @@ def load_calibration() -> tuple[Calibration, list[str]]:
         return DEFAULTS, [msg]
     from importlib.metadata import version
 
-    # The installed distribution's version is torch.__version__ (local tag included), read without
-    # importing torch, which planning does not otherwise need.
+    # The installed distribution's version, read without importing torch (planning does not otherwise
+    # need it). It carries torch.__version__'s local tag (+cpu) on some builds and not on others
+    # (measured: 2.11.0 for a 2.11.0+cu130 build), so only the public versions are compared.
     torch_version = version("torch")
-    if cal.torch_version != torch_version:
+    if cal.torch_version.split("+")[0] != torch_version.split("+")[0]:
         return DEFAULTS, [
             f"calibration file {path} was fitted with torch {cal.torch_version}, not {torch_version}; "
             "using shipped defaults (re-run --calibrate)"
@@ -387,14 +402,18 @@ def cpu_rss_from_trace(heap_growth_bytes: float, sim_peak_bytes: float, churn_by
     return int(round((replay + cpu_rss_from_sim(sim_peak_bytes, cal, churn_bytes, half=half)) / 2))
 
 
-def cuda_from_live(live_peak_bytes: float, cal: Calibration) -> int:
-    """Predicted device peak (what nvidia-smi shows for the process) from live bytes."""
+def cuda_reserved_from_live(live_peak_bytes: float, cal: Calibration, *, checkpointing: bool = False) -> int:
+    """The caching allocator's reserved peak from live tensor bytes, for the analytic method: the two
+    cuBLAS workspaces (cuda_alloc.workspaces) plus the fitted reserved-over-allocated slack."""
     c = cal.cuda
-    return int(round((1.0 + c.reserved_slack) * live_peak_bytes + c.context_bytes + c.cublas_workspace_bytes))
+    slack = c.checkpointing_slack if checkpointing and c.checkpointing_slack is not None else c.reserved_slack
+    return int(round((1.0 + slack) * (live_peak_bytes + 2 * c.cublas_workspace_bytes)))
 
 
-def calibrate(*, write: bool = True, repeats: int = 2) -> Calibration:
-    """Measure the calibration models on this machine and fit the CPU factors.
+def calibrate(*, write: bool = True, repeats: int = 2, cpu: bool = True) -> Calibration:
+    """Measure the calibration models on this machine and fit the CPU factors, and the CUDA ones
+    where torch sees a GPU (`calibrate_cuda`). `cpu=False` refits only the CUDA factors and keeps
+    the CPU ones of the calibration in use.
 
     Each run of `_CALIBRATION_RUNS` is measured with the benchmark protocol (`_measure.py`,
     a fresh subprocess each) and traced as estimate() traces (`estimate.trace_inputs`);
@@ -411,6 +430,15 @@ def calibrate(*, write: bool = True, repeats: int = 2) -> Calibration:
     from overseer_plan.estimate import EstimateConfig, trace_inputs
     from overseer_plan.models import resolve_model_config
 
+    cuda = calibrate_cuda() if torch.cuda.is_available() else None
+    if not cpu:
+        if cuda is None:
+            raise RuntimeError("no CUDA device: nothing to calibrate on cuda")
+        current = load_calibration()[0]
+        cal = current.model_copy(update={"cuda": cuda, "torch_version": torch.__version__})
+        if write:
+            atomic_write_text(calibration_path(), json.dumps(cal.model_dump(mode="json"), indent=2) + "\n")
+        return cal
     points = []
     for model, b, s, ckpt, precision in _CALIBRATION_RUNS:
         # ru_maxrss of the same run varies by a few percent between processes (thread timing):
@@ -447,13 +475,53 @@ def calibrate(*, write: bool = True, repeats: int = 2) -> Calibration:
         cpu=CpuFactors(scale=1.0, constant_bytes=constant, churn_fraction=round(churn_fraction, 4),
                        replay_constant_bytes=replay_constant, half_precision_bytes=offset,
                        provenance=f"fitted by `overseer estimate --calibrate` on {platform.node()}"),
-        cuda=DEFAULTS.cuda,
+        cuda=cuda or DEFAULTS.cuda,
         import_rss_bytes=int(sum(p["import_rss_bytes"] for p in points) / len(points)),
         points=points,
     )
     if write:
         atomic_write_text(calibration_path(), json.dumps(cal.model_dump(mode="json"), indent=2) + "\n")
     return cal
+
+
+# The CUDA calibration run: the Llama-style calibration model at a middle shape under bf16 autocast.
+_CUDA_CALIBRATION_RUN = (_CALIBRATION_RUNS[1][0], 6, 384, False, "bf16")
+
+
+def calibrate_cuda() -> CudaFactors:
+    """Measure this GPU's CUDA-side factors with one run of the GPU protocol (a fresh process).
+
+    - context: device memory in use after the steps (`mem_get_info`) less NVML's reading before
+      CUDA initialisation less `memory_reserved()` (the shipped figure where NVML cannot say);
+    - cuBLAS workspace: half of what `max_memory_allocated()` exceeds the traced step's allocator
+      replay by (the two workspaces are the only allocations the trace does not make);
+    - host_bytes: host RSS growth past the fp32 parameters built on the host;
+    - the analytic slacks stay the shipped ones (fitted on an H100 over larger models).
+    """
+    import platform
+
+    from overseer_plan._measure import measure
+    from overseer_plan.estimate import EstimateConfig, trace_inputs
+    from overseer_plan.models import resolve_model_config
+
+    model, b, s, ckpt, precision = _CUDA_CALIBRATION_RUN
+    real = measure({"config": dict(model), "batch_size": b, "seq_len": s, "steps": 3, "device": "cuda",
+                    "gradient_checkpointing": ckpt, "precision": precision})
+    settings = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt, precision=precision,
+                              kv_cache=True)  # the protocol builds the model with its config's defaults
+    traced = trace_inputs(resolve_model_config(dict(model)), settings, "cuda", cuda_workspace_bytes=0)
+    workspace = max(0, int(real["max_allocated_bytes"] - traced["cuda_allocated"]) // 2)
+    before = real.get("device_used_before_init_bytes")
+    context = (int(real["device_used_end_bytes"] - before - real["reserved_end_bytes"])
+               if before is not None else DEFAULTS.cuda.context_bytes)
+    host = max(0, int(real["peak_delta_bytes"] - 4 * real["num_params"]))
+    return DEFAULTS.cuda.model_copy(update={
+        "context_bytes": context, "cublas_workspace_bytes": workspace, "host_bytes": host, "measured": True,
+        "provenance": (f"measured by `overseer estimate --calibrate` on {platform.node()} ({real.get('gpu_name')}, "
+                       f"CUDA {real.get('cuda_version')}, torch {real['torch_version']}): context "
+                       f"{context / MiB:.1f} MiB, cuBLAS workspace {workspace / MiB:.1f} MiB, host "
+                       f"{host / MiB:.0f} MiB; analytic slacks shipped"),
+    })
 
 
 def fit_churn_factors(points: list[tuple[float, float, float, bool]]) -> tuple[float, int, int]:

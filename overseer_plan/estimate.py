@@ -62,6 +62,10 @@ class EstimateConfig(StrictModel):
     """LoRA adapters on a frozen base, or None for full fine-tuning."""
     num_processes: int = 1
     """Data-parallel processes (DDP: each holds a full replica plus a flat copy of its gradients)."""
+    kv_cache: bool = False
+    """Whether the forward pass fills a KV cache (transformers' `use_cache`). The trainer turns it off;
+    a model built from its config with defaults has it on, which copies each layer's keys and values
+    and, for fused-QKV models (GPT-2, GPT-NeoX), frees the fused projection the values view instead."""
 
     @model_validator(mode="after")
     def _check(self) -> EstimateConfig:
@@ -173,6 +177,15 @@ class MemoryEstimate(StrictModel):
     """Device that trains."""
     live_tensor_bytes: int
     """Live tensor storage at the peak, before allocator/framework overhead."""
+    reserved_bytes: int | None = None
+    """On cuda, the caching allocator's reserved peak (what `torch.cuda.max_memory_reserved()` reports
+    after the steps); peak_bytes adds the CUDA context to it. None on cpu."""
+    allocated_bytes: int | None = None
+    """On cuda, the peak of bytes handed out by the caching allocator (`max_memory_allocated()`),
+    cuBLAS workspaces included. None on cpu."""
+    cuda_context_bytes: int = 0
+    """On cuda, device memory the process holds outside the caching allocator (CUDA context, kernel
+    images loaded by the step, cuBLAS handles), part of peak_bytes. 0 on cpu."""
     long_run_extra_bytes: int = 0
     """On cpu, what a long run adds to both peaks past the protocol's 3 steps (glibc's heap keeps
     fragmenting for about a dozen forward/backward passes); the planner budgets for it. 0 on cuda."""
@@ -226,7 +239,7 @@ def _resolve(model: Any) -> ResolvedModel:
     return hit
 
 
-def _trace_cache_key(fingerprint: str, cfg: EstimateConfig, device: str) -> str:
+def _trace_cache_key(fingerprint: str, cfg: EstimateConfig, device: str, extra: str = "") -> str:
     """Everything a traced result depends on: config, settings, device, library versions and
     the tracer's own code (so an edited trace.py / calibration.py never reuses stale results)."""
     import hashlib
@@ -234,10 +247,10 @@ def _trace_cache_key(fingerprint: str, cfg: EstimateConfig, device: str) -> str:
     from pathlib import Path
 
     h = hashlib.sha256()
-    for part in (fingerprint, cfg.model_dump_json(), device, version("torch"), version("transformers")):
+    for part in (fingerprint, cfg.model_dump_json(), device, extra, version("torch"), version("transformers")):
         h.update(part.encode() + b"\0")
     here = Path(__file__).parent
-    for name in ("trace.py", "calibration.py", "estimate.py", "heap_replay.py"):
+    for name in ("trace.py", "calibration.py", "estimate.py", "heap_replay.py", "cuda_alloc.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()[:40]
 
@@ -280,18 +293,21 @@ def _write_trace_cache(key: str, result: dict[str, Any]) -> None:
         pass
 
 
-def trace_inputs(config: Any, cfg: EstimateConfig, device: str) -> dict[str, Any]:
+def trace_inputs(config: Any, cfg: EstimateConfig, device: str, *, cuda_workspace_bytes: int = 0) -> dict[str, Any]:
     """The traced dry run's results, as cached: live peak, breakdown, phase and the heap models' inputs
     (tensor-level allocator peak `sim_peak`, `churn`, and the replay's heap `growth` or None).
 
     On CPU, with glibc, each depth runs in fresh processes under the real-allocator replay
     (heap_replay.py); otherwise in this process, with the tensor-level allocator model only.
+    On CUDA the log is replayed through the caching allocator (cuda_alloc.py), with a cuBLAS
+    workspace of `cuda_workspace_bytes` for each thread that runs matrix products, giving
+    `cuda_reserved` and `cuda_allocated`.
     """
     import time
 
     from overseer_plan import heap_replay
     from overseer_plan.calibration import churn_microbatches, heap_churn, simulate_glibc
-    from overseer_plan.trace import extrapolate_depths, trace_depths, trace_peak
+    from overseer_plan.trace import extrapolate_depths, peak_of_phases, trace_depths, trace_peak
 
     t0 = time.perf_counter()
     # Two micro-batches per step show everything accumulation does to memory (gradients stay alive
@@ -301,7 +317,7 @@ def trace_inputs(config: Any, cfg: EstimateConfig, device: str) -> dict[str, Any
     # The churn allowance was fitted per micro-batch, then counts as many as `churn_microbatches` says
     # (calibration.ACCUM_CHURN_MICROBATCHES).
     churn_scale = churn_microbatches(cfg.grad_accum) / traced_cfg.grad_accum
-    depths = trace_depths(config)
+    depths = trace_depths(config, device)
     runs = heap_replay.replay(config, traced_cfg, depths) if device == "cpu" else None
     if runs is not None:
         first = [r[0] for r in runs]
@@ -309,22 +325,37 @@ def trace_inputs(config: Any, cfg: EstimateConfig, device: str) -> dict[str, Any
         def extra(values: list[float]) -> float:
             return extrapolate_depths(depths, values, int(config.num_hidden_layers))
 
+        live, phase, parts = peak_of_phases(depths, [r["phases"] for r in first], int(config.num_hidden_layers))
         return {
-            "live": int(round(extra([r["live"] for r in first]))), "phase": first[-1]["phase"],
-            "parts": {k: int(round(extra([r["parts"][k] for r in first]))) for k in first[-1]["parts"]},
+            "live": live, "phase": phase, "parts": parts,
             "sim_peak": extra([r["sim_peak"] for r in first]), "churn": extra([r["churn"] for r in first]) * churn_scale,
             # The largest heap of the repeats: it varies between processes, as the real run's does.
             "growth": extra([max(x["growth"] for x in r) for r in runs]),
             "growth_min": extra([min(x["growth"] for x in r) for r in runs]),
             "repeats": len(runs[0]), "depths": depths, "wall_s": time.perf_counter() - t0,
         }
-    tr = trace_peak(config, traced_cfg, device=device)
-    return {
+    tr = trace_peak(config, traced_cfg, device=device, depths=depths)
+    got = {
         "live": tr.live_peak_bytes, "parts": tr.breakdown, "phase": tr.peak_phase,
         "sim_peak": tr.extrapolate([simulate_glibc(r.events) for r in tr.runs]) if device == "cpu" else None,
         "churn": tr.extrapolate([heap_churn(r.events) for r in tr.runs]) * churn_scale if device == "cpu" else 0.0,
         "growth": None, "depths": [r.num_layers for r in tr.runs], "wall_s": tr.wall_s,
     }
+    if device == "cuda":
+        from overseer_plan import cuda_alloc
+
+        peaks = [cuda_alloc.replay(r.events, extra=cuda_alloc.workspaces(r.first_matmul, cuda_workspace_bytes))
+                 for r in tr.runs]
+        deepest, run = peaks[-1], tr.runs[-1]
+        if len(peaks) == 1:
+            got["cuda_reserved"], got["cuda_allocated"] = deepest.reserved, deepest.allocated
+        else:
+            # Too deep to trace whole: the live peak is extrapolated per phase; rounding and
+            # workspaces are the deepest trace's, and so is reserved over allocated.
+            got["cuda_allocated"] = tr.live_peak_bytes + deepest.allocated - run.live_peak_bytes
+            got["cuda_reserved"] = got["cuda_allocated"] * deepest.reserved / deepest.allocated
+        got["wall_s"] = time.perf_counter() - t0
+    return got
 
 
 def estimate(
@@ -352,7 +383,7 @@ def estimate(
     from overseer_plan.calibration import (
         cpu_rss_from_sim,
         cpu_rss_from_trace,
-        cuda_from_live,
+        cuda_reserved_from_live,
         is_half_precision,
         load_calibration,
         long_run_heap_bytes,
@@ -402,10 +433,11 @@ def estimate(
         trainable = (
             _analytic.lora_params(shape, cfg.lora.rank, cfg.lora.targets) if cfg.lora else shape.num_params
         )
-        cache_key = _trace_cache_key(fingerprint, cfg, device)
+        workspace = cal.cuda.cublas_workspace_bytes if device == "cuda" else 0
+        cache_key = _trace_cache_key(fingerprint, cfg, device, f"workspace {workspace}")
         got = _read_trace_cache(cache_key)
         if got is None:
-            got = trace_inputs(resolved.config, cfg, device)
+            got = trace_inputs(resolved.config, cfg, device, cuda_workspace_bytes=workspace)
             _write_trace_cache(cache_key, got)
         else:
             notes.append("trace: reused this machine's cached result for the same config and versions")
@@ -456,7 +488,16 @@ def estimate(
             notes.append(f"cpu: a long run adds about {long_run / 2**20:.0f} MiB past the 3 steps peak_bytes predicts "
                          "(heap fragmentation; included when planning)")
     else:
-        peak = cuda_from_live(live, cal)
+        if heap_growth is None and method == "traced" and got.get("cuda_reserved") is not None:
+            reserved, allocated = int(got["cuda_reserved"]), int(got["cuda_allocated"])
+            if cfg.num_processes > 1:
+                reserved, allocated = reserved + buckets, allocated + buckets
+            notes.append("cuda: reserved memory from replaying the trace through the caching allocator's policy")
+        else:
+            reserved = cuda_reserved_from_live(live, cal, checkpointing=cfg.gradient_checkpointing)
+            allocated = int(live) + 2 * cal.cuda.cublas_workspace_bytes
+        context = cal.cuda.context_bytes
+        peak = reserved + context
         host = cal.import_rss_bytes + cal.cuda.host_bytes + shape.num_params * (2 if cfg.precision == "bf16-pure" else 4)
         notes.append("cuda: context/workspace/slack are " + ("measured" if cal.cuda.measured else "literature defaults, unmeasured here"))
         notes.append("cuda: host peak assumes the model is built on the host in its training dtype, then moved")
@@ -469,6 +510,9 @@ def estimate(
         method=method,
         device=device,
         live_tensor_bytes=int(live),
+        reserved_bytes=int(reserved) if device == "cuda" else None,
+        allocated_bytes=int(allocated) if device == "cuda" else None,
+        cuda_context_bytes=int(context) if device == "cuda" else 0,
         long_run_extra_bytes=int(long_run),
         model_info=ModelInfo(
             name=name, model_type=resolved.model_type, num_params=shape.num_params,

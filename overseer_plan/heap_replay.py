@@ -152,6 +152,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     heaps[0].release()
     return {
         "depth": run.num_layers, "live": run.live_peak_bytes, "phase": run.peak_phase, "parts": run.breakdown,
+        "phases": run.phases,
         "sim_peak": simulate_glibc(run.events), "churn": heap_churn(run.events),
         "growth": heaps[0].growth_bytes, "wall_s": time.perf_counter() - t0,
         # What the trace and the replay cost in RAM (Linux reports ru_maxrss in KiB).

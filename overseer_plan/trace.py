@@ -50,6 +50,12 @@ if TYPE_CHECKING:
     from overseer_plan.estimate import EstimateConfig
 
 _FULL_TRACE_MAX_LAYERS = 6
+# For device='cuda' the caching-allocator replay needs the full-depth allocation order: reserved
+# memory is not linear in depth (measured on an H100: Llama-3.2-1B 2 x 2048 checkpointed bf16
+# reserved 29656 MiB; the full 16-layer trace's replay gave 29662, the 2- and 4-layer traces'
+# extrapolation 22.3% less). A CUDA trace has no heap replay, so a full-depth trace stays cheap:
+# 6 s for GPT-2 medium's 24 layers on a 2-core CPU.
+_FULL_TRACE_MAX_LAYERS_CUDA = 48
 # Optimizer steps traced: the measurement protocol's 3 (overseer_plan/_measure.py). The live-tensor
 # peak is the same from step 2 on, but the heap replay is not in steady state after 2 steps:
 # replaying the third step raised the predicted RSS of the GPT-2-style checkpointed rows by up to
@@ -57,6 +63,7 @@ _FULL_TRACE_MAX_LAYERS = 6
 # over step in the real process too (main arena 634 -> 730 -> 858 MiB after backward 1/2/3).
 _STEPS = 3
 _REDUCED_LAYERS = (2, 4)
+_PHASES = ("forward", "backward", "optimizer")
 _CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations", "temporaries")
 
 
@@ -86,6 +93,9 @@ class _AllocLog:
         # An engine accumulation's output and the key it may alias (see `_is_accumulation`).
         self._pending: tuple[Any, int | None] | None = None
         self.accumulations = {"in_place": 0, "new": 0}  # engine accumulations, as a real step would do them
+        # Event index of the first matrix product run in forward and in backward: where a CUDA step's
+        # two cuBLAS handles (one per thread) allocate their workspaces (cuda_alloc.workspaces).
+        self.first_matmul: dict[str, int] = {}
 
     def mark(self, phase: str) -> None:
         self._settle()
@@ -141,6 +151,9 @@ class _AllocLog:
         from torch.utils._pytree import tree_flatten
 
         self._settle()
+        group = self.phase.rstrip("0123456789")
+        if group not in self.first_matmul and group in ("forward", "backward") and func in _matmuls():
+            self.first_matmul[group] = len(self.events)
         if func is torch.ops.aten._fused_sdp_choice.default:
             return _real_sdp_choice(func, args, kwargs)
         if func is torch.ops.aten._local_scalar_dense.default:
@@ -177,7 +190,7 @@ class _AllocLog:
         import torch
 
         x = args[0] if args else None
-        return (self.device == "cpu" and self.in_sdpa and func is torch.ops.aten.add.Tensor
+        return (self.in_sdpa and func is torch.ops.aten.add.Tensor
                 and isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor)
                 and out.shape == x.shape and out.dtype == x.dtype and self.storage_key(x) is not None)
 
@@ -220,6 +233,16 @@ class _AllocLog:
         key, self._next = self._next, self._next + 1
         self.events.append((key, nbytes, self.phase))
         return key
+
+
+@functools.cache
+def _matmuls() -> frozenset:
+    """The aten ops that run on cuBLAS in an HF training step."""
+    import torch
+
+    aten = torch.ops.aten
+    return frozenset((aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
+                      aten.addbmm.default, aten.addmv.default, aten.mv.default))
 
 
 def _dense(t: Any) -> bool:
@@ -378,7 +401,7 @@ def _eager_sdpa_math(log: _AllocLog) -> Any:
 
 
 @contextlib.contextmanager
-def _cuda_kernels() -> Any:
+def _cuda_kernels(log: _AllocLog) -> Any:
     """Give attention and dropout the memory of their CUDA kernels while tracing.
 
     The trace runs on fake CPU tensors (fake CUDA cannot run backward without a GPU), but on
@@ -404,18 +427,89 @@ def _cuda_kernels() -> Any:
     handler runs, so `loss.backward()` (intercepted like any torch function) would recompute
     checkpointed blocks without it. Eager attention calls neither function for its s x s
     product, so it keeps materialising s x s probabilities here, as it does on a GPU.
-    Known gap: fp32 inputs with GQA on CUDA may take the math kernel there; we model the
-    efficient kernel.
+    Exception: fp32 inputs with grouped key/value heads (`enable_gqa`, which transformers passes on
+    CUDA when there is no mask) take the math kernel, as on a GPU (neither flash, which needs 16
+    bits, nor the memory-efficient kernel takes `enable_gqa`): s x s scores and probabilities
+    per head (measured on an H100, torch 2.11: the Llama-style 4 x 256 GQA model at 8 x 512 fp32
+    allocated 332 MiB more than the efficient-kernel model predicted).
+
+    Autocast: the trace runs CPU autocast, whose fp32 list differs from CUDA's (`_cuda_autocast`).
     """
     import torch
 
-    with _swapped(torch.nn.functional, scaled_dot_product_attention=_cuda_sdpa, dropout=_cuda_dropout):
+    def sdpa(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,
+             is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> Any:
+        return _cuda_sdpa(log, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+    with _swapped(torch.nn.functional, scaled_dot_product_attention=sdpa, dropout=_cuda_dropout), _cuda_autocast():
         yield
 
 
-def _cuda_sdpa(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,
-               is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> Any:
-    """Memory stand-in for CUDA flash / memory-efficient SDPA (see `_cuda_kernels`)."""
+# CUDA autocast's fp32 list (aten/src/ATen/autocast_mode.cpp, "CUDA Ops that can autocast to float32" in
+# the AMP docs) less the ops CPU autocast already lists: run in fp32, 16-bit inputs cast first.
+_CUDA_FP32_OPS = (
+    "pow.Tensor_Scalar", "pow.Tensor_Tensor", "pow.Scalar", "exp", "expm1", "log", "log10", "log2", "log1p",
+    "reciprocal", "rsqrt", "sinh", "cosh", "tan", "acos", "asin", "erfinv", "softplus", "layer_norm",
+    "group_norm", "logsumexp", "renorm", "dist",
+)
+# ...and the ones CUDA runs with an fp32 output dtype when none is given (no input copy).
+_CUDA_FP32_DTYPE_OPS = ("softmax.int", "log_softmax.int", "sum", "sum.dim_IntList", "cumsum", "cumprod",
+                        "prod", "prod.dim_int")
+
+
+@contextlib.contextmanager
+def _cuda_autocast() -> Any:
+    """Give CPU autocast CUDA's fp32 policy for the duration of a trace.
+
+    The trace runs on fake CPU tensors under `torch.autocast("cpu")`, but a CUDA step runs CUDA
+    autocast, which also runs pow, exp, rsqrt, layer_norm, softmax, sum and others in fp32. That
+    changes memory: GPT-2's tanh GeLU (`torch.pow(x, 3.0)`) turns its whole MLP chain fp32 on CUDA
+    (measured on an H100: GPT-2 8 x 1024 bf16 allocated 1.9 GiB more than the CPU-policy trace).
+    Python kernels are registered at the AutocastCPU dispatch key for those ops (only where CPU
+    autocast has none) and removed afterwards; the trace lock serialises them.
+    """
+    import torch
+
+    low = (torch.float16, torch.bfloat16)
+    excluded = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+
+    def cast(x: Any) -> Any:
+        return x.float() if isinstance(x, torch.Tensor) and x.dtype in low else x
+
+    def fp32(op: Any) -> Any:
+        def kernel(*args: Any, **kwargs: Any) -> Any:
+            with torch._C._ExcludeDispatchKeyGuard(excluded):
+                return op(*[cast(a) for a in args], **{k: cast(v) for k, v in kwargs.items()})
+        return kernel
+
+    def fp32_dtype(op: Any) -> Any:
+        names = [a.name for a in op._schema.arguments]
+        at = names.index("dtype")
+
+        def kernel(*args: Any, **kwargs: Any) -> Any:
+            with torch._C._ExcludeDispatchKeyGuard(excluded):
+                given = args[at] if len(args) > at else kwargs.get("dtype")
+                if given is None and isinstance(args[0], torch.Tensor) and args[0].dtype in low:
+                    args, kwargs = args[:at], {**kwargs, "dtype": torch.float32}
+                return op(*args, **kwargs)
+        return kernel
+
+    lib = torch.library.Library("aten", "IMPL")
+    try:
+        for names, make in ((_CUDA_FP32_OPS, fp32), (_CUDA_FP32_DTYPE_OPS, fp32_dtype)):
+            for name in names:
+                packet, _, overload = name.partition(".")
+                op = getattr(getattr(torch.ops.aten, packet), overload or "default")
+                if not torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "AutocastCPU"):
+                    lib.impl(name, make(op), "AutocastCPU")
+        yield
+    finally:
+        lib._destroy()
+
+
+def _cuda_sdpa(log: _AllocLog, query: Any, key: Any, value: Any, attn_mask: Any, dropout_p: float,
+               is_causal: bool, scale: float | None, enable_gqa: bool) -> Any:
+    """Memory stand-in for CUDA's SDPA kernels (see `_cuda_kernels`)."""
     import torch
 
     if torch.is_autocast_enabled("cpu"):
@@ -424,6 +518,13 @@ def _cuda_sdpa(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_
         low = torch.get_autocast_dtype("cpu")
         query, key, value = (x.to(low) if x.dtype == torch.float32 else x for x in (query, key, value))
     with torch.autocast("cpu", enabled=False):
+        if query.dtype == torch.float32 and enable_gqa and key.shape[-3] != query.shape[-3]:
+            log.in_sdpa = True  # the math kernel adds its causal mask in place (`_adds_in_place`)
+            try:
+                return torch.ops.aten._scaled_dot_product_attention_math(
+                    query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=True)[0]
+            finally:
+                log.in_sdpa = False
         return _FlashAttention.apply(query, key, value)
 
 
@@ -594,14 +695,14 @@ def _run(config: PretrainedConfig, cfg: EstimateConfig, device: str, num_layers:
 
     config = copy.deepcopy(config)
     _set_num_layers(config, num_layers)
-    config.use_cache = False
+    config.use_cache = cfg.kv_cache  # the trainer's default: off
     log = _AllocLog(device, events)
     info: dict[str, Any] = {"param_keys": set(), "grad_keys": set(), "opt_keys": set()}
     dtype = torch.bfloat16 if cfg.precision == "bf16-pure" else torch.float32
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     amp_device = "cpu"  # traced on fake CPU (see module docstring)
     b, s, ga, vocab = cfg.batch_size, cfg.seq_len, cfg.grad_accum, int(config.vocab_size)
-    kernels = _cuda_kernels() if device == "cuda" else _eager_sdpa_math(log)
+    kernels = _cuda_kernels(log) if device == "cuda" else _eager_sdpa_math(log)
     with quiet_transformers(), _unseen_fakes(), FakeTensorMode(allow_non_fake_inputs=True), log.mode, kernels:
         model = transformers.AutoModelForCausalLM.from_config(
             config, attn_implementation=cfg.attention, dtype=dtype
@@ -654,48 +755,88 @@ def _set_num_layers(config: Any, n: int) -> None:
         config.max_window_layers = min(int(config.max_window_layers), n)
 
 
-def _analyse(log: _AllocLog, info: dict) -> tuple[int, str, dict[str, int]]:
-    """Live peak, its phase and the category breakdown at that moment."""
+def _analyse(log: _AllocLog, info: dict) -> dict[str, dict[str, Any]]:
+    """Per phase (forward, backward, optimizer): the live peak and the category breakdown then.
+
+    Kept per phase because reduced-depth traces are extrapolated: the phases grow at different
+    rates with depth (the optimizer step's peak by a layer's parameters, states and foreach
+    temporaries, backward's by its saved activations), so the phase that peaks at 2 or 4 layers
+    need not be the one that peaks at full depth (measured on an H100: Llama-3.2-1B at 2 x 2048,
+    checkpointed, peaks in AdamW's step, 23.6 GiB; extrapolating the overall peak of the 2- and
+    4-layer traces, which peak in backward, gave 21.2 GiB).
+    """
     live: dict[int, tuple[int, str]] = {}
-    cur = peak = 0
-    peak_phase, peak_live = "forward", {}
-    phase = "setup"
+    cur = 0
+    best: dict[str, tuple[int, dict[int, tuple[int, str]]]] = {}
+    phase = group = "setup"
     for key, nbytes, ph in log.events:
         if nbytes == 0:
-            phase = ph
+            phase, group = ph, ph.rstrip("0123456789")
             continue
         if nbytes > 0:
             live[key] = (nbytes, phase)
             cur += nbytes
-            if cur > peak:
-                peak, peak_phase, peak_live = cur, phase, dict(live)
+            if group in _PHASES and cur > best.get(group, (0,))[0]:
+                best[group] = (cur, dict(live))
         elif key in live:
             cur -= live.pop(key)[0]
-    breakdown = dict.fromkeys(_CATEGORIES, 0)
-    for key, (nbytes, ph) in peak_live.items():
-        if key in info["param_keys"]:
-            cat = "parameters"
-        elif key in info["grad_keys"]:
-            cat = "gradients"
-        elif key in info["opt_keys"]:
-            cat = "optimizer_states"
-        elif ph.startswith("forward") and not peak_phase.startswith("optimizer"):
-            cat = "activations"
-        else:
-            cat = "temporaries"
-        breakdown[cat] += nbytes
-    return peak, peak_phase.rstrip("0123456789"), breakdown
+    out = {}
+    for group, (peak, peak_live) in best.items():
+        breakdown = dict.fromkeys(_CATEGORIES, 0)
+        for key, (nbytes, ph) in peak_live.items():
+            if key in info["param_keys"]:
+                cat = "parameters"
+            elif key in info["grad_keys"]:
+                cat = "gradients"
+            elif key in info["opt_keys"]:
+                cat = "optimizer_states"
+            elif ph.startswith("forward") and group != "optimizer":
+                cat = "activations"
+            else:
+                cat = "temporaries"
+            breakdown[cat] += nbytes
+        out[group] = {"live": peak, "parts": breakdown}
+    return out
+
+
+def peak_of_phases(depths: list[int], phases: list[dict[str, dict[str, Any]]],
+                   num_layers: int) -> tuple[int, str, dict[str, int]]:
+    """The full-depth live peak, its phase and breakdown from per-depth phase peaks (`_analyse`):
+    each phase's peak and parts extrapolated linearly in depth, then the largest phase."""
+    common = [g for g in _PHASES if all(g in p for p in phases)]
+    best = None
+    for group in common:
+        live = extrapolate_depths(depths, [p[group]["live"] for p in phases], num_layers)
+        if best is None or live > best[0]:
+            parts = {k: int(round(extrapolate_depths(depths, [p[group]["parts"][k] for p in phases], num_layers)))
+                     for k in phases[-1][group]["parts"]}
+            best = (live, group, parts)
+    assert best is not None, "a traced step has forward, backward and optimizer phases"
+    return int(round(best[0])), best[1], best[2]
 
 
 @dataclass
 class TraceRun:
-    """One traced depth: the live-storage analysis and the raw allocation log."""
+    """One traced depth: the live-storage analysis per phase and the raw allocation log."""
 
     num_layers: int
-    live_peak_bytes: int
-    peak_phase: str
-    breakdown: dict[str, int]
+    phases: dict[str, dict[str, Any]]
+    """Per phase group: {"live": peak bytes, "parts": breakdown at that peak} (`_analyse`)."""
     events: list[tuple[int, int, str]] = field(repr=False)
+    first_matmul: dict[str, int] = field(default_factory=dict)
+    """Event index of the first matrix product in forward and in backward (`_AllocLog.first_matmul`)."""
+
+    @property
+    def live_peak_bytes(self) -> int:
+        return max(p["live"] for p in self.phases.values())
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=lambda g: self.phases[g]["live"])
+
+    @property
+    def breakdown(self) -> dict[str, int]:
+        return dict(self.phases[self.peak_phase]["parts"])
 
 
 @dataclass
@@ -711,18 +852,20 @@ class TraceResult:
         """A quantity measured on each run, at the model's full depth (linear in L)."""
         return extrapolate_depths([r.num_layers for r in self.runs], per_run, self.num_layers)
 
+    def _peak(self) -> tuple[int, str, dict[str, int]]:
+        return peak_of_phases([r.num_layers for r in self.runs], [r.phases for r in self.runs], self.num_layers)
+
     @property
     def live_peak_bytes(self) -> int:
-        return int(round(self.extrapolate([r.live_peak_bytes for r in self.runs])))
+        return self._peak()[0]
 
     @property
     def peak_phase(self) -> str:
-        return self.runs[-1].peak_phase
+        return self._peak()[1]
 
     @property
     def breakdown(self) -> dict[str, int]:
-        keys = self.runs[-1].breakdown
-        return {k: int(round(self.extrapolate([r.breakdown[k] for r in self.runs]))) for k in keys}
+        return self._peak()[2]
 
 
 def extrapolate_depths(depths: list[int], values: list[float], num_layers: int) -> float:
@@ -733,10 +876,11 @@ def extrapolate_depths(depths: list[int], values: list[float], num_layers: int) 
     return v1 + (v2 - v1) * (num_layers - l1) / (l2 - l1)
 
 
-def trace_depths(config: PretrainedConfig) -> list[int]:
+def trace_depths(config: PretrainedConfig, device: str = "cpu") -> list[int]:
     """The layer counts `trace_peak` traces: the model's own, or two reduced ones for deep models."""
     n_layers = int(config.num_hidden_layers)
-    return [n_layers] if n_layers <= _FULL_TRACE_MAX_LAYERS else list(_REDUCED_LAYERS)
+    limit = _FULL_TRACE_MAX_LAYERS_CUDA if device == "cuda" else _FULL_TRACE_MAX_LAYERS
+    return [n_layers] if n_layers <= limit else list(_REDUCED_LAYERS)
 
 
 def trace_peak(config: PretrainedConfig, cfg: EstimateConfig, *, device: str = "cpu",
@@ -755,10 +899,9 @@ def trace_peak(config: PretrainedConfig, cfg: EstimateConfig, *, device: str = "
     t0 = time.perf_counter()
     n_layers = int(config.num_hidden_layers)
     runs = []
-    for depth in depths or trace_depths(config):
+    for depth in depths or trace_depths(config, device):
         log, info = _run(config, cfg, device, depth, events() if events else None)
-        peak, phase, breakdown = _analyse(log, info)
-        runs.append(TraceRun(depth, peak, phase, breakdown, log.events))
+        runs.append(TraceRun(depth, _analyse(log, info), log.events, dict(log.first_matmul)))
     return TraceResult(
         num_layers=n_layers,
         runs=runs,

@@ -61,20 +61,32 @@ def estimate_command(
         from overseer_plan.calibration import calibrate as run_calibration
         from overseer_plan.calibration import calibration_path
 
-        cal = run_calibration()
+        if device == "cuda" and not _cuda_available():
+            raise UserInputError("--calibrate --device cuda needs a CUDA GPU that torch can see; run it on the GPU machine")
+        # With --device cuda only the GPU side is measured (seconds); otherwise the CPU side too.
+        cal = run_calibration(cpu=device != "cuda")
         replay = (f"{cal.cpu.replay_constant_bytes / 2**20:.0f} MiB over the real-allocator replay"
                   if cal.cpu.replay_constant_bytes is not None else "replay unavailable here")
-        typer.echo(
-            f"calibrated: {cal.cpu.churn_fraction:.4f} x heap churn + {cal.cpu.constant_bytes / 2**20:.0f} MiB "
-            f"over the allocator model; {replay}; {cal.cpu.half_precision_bytes / 2**20:+.0f} MiB at 16-bit "
-            f"precision -> {calibration_path()}",
-            err=True,
-        )
+        if device != "cuda":
+            typer.echo(
+                f"calibrated: {cal.cpu.churn_fraction:.4f} x heap churn + {cal.cpu.constant_bytes / 2**20:.0f} MiB "
+                f"over the allocator model; {replay}; {cal.cpu.half_precision_bytes / 2**20:+.0f} MiB at 16-bit "
+                f"precision -> {calibration_path()}",
+                err=True,
+            )
+        if "--calibrate" in cal.cuda.provenance:  # this machine's GPU was measured
+            typer.echo(f"calibrated cuda: {cal.cuda.provenance} -> {calibration_path()}", err=True)
     est = estimate(model, cfg, device=device, method=method)  # type: ignore[arg-type]
     if as_json:
         print_json(est)
         return
     _render(est)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def _render(est: object) -> None:
@@ -102,6 +114,12 @@ def _render(est: object) -> None:
         f"{'peak ' + where:<18}{fmt_bytes(e.peak_bytes):>12}   (in {e.peak_phase})",  # type: ignore[attr-defined]
         f"{'host peak (RSS)':<18}{fmt_bytes(e.host_peak_bytes):>12}",  # type: ignore[attr-defined]
     ]
+    if e.reserved_bytes is not None:  # type: ignore[attr-defined]
+        lines += [
+            f"{'  allocator reserved':<18}{fmt_bytes(e.reserved_bytes):>12}   (torch.cuda.max_memory_reserved)",  # type: ignore[attr-defined]
+            f"{'  allocated':<18}{fmt_bytes(e.allocated_bytes):>12}   (torch.cuda.max_memory_allocated)",  # type: ignore[attr-defined]
+            f"{'  CUDA context':<18}{fmt_bytes(e.cuda_context_bytes):>12}   (outside the allocator)",  # type: ignore[attr-defined]
+        ]
     if e.long_run_extra_bytes:  # type: ignore[attr-defined]
         lines.append(f"{'long-run peak':<18}{fmt_bytes(e.long_run_peak_bytes):>12}   (same measure, after many steps)")  # type: ignore[attr-defined]
     for line in lines:

@@ -71,6 +71,18 @@ def test_other_torch_version_is_ignored(tmp_path):
     assert cal == DEFAULTS and "0.0.1" in notes[0]
 
 
+def test_a_local_version_tag_does_not_void_the_file(tmp_path):
+    # torch.__version__ is 2.11.0+cu130 where the installed distribution says 2.11.0 (seen on a GPU
+    # machine): the same torch, so the file applies.
+    from importlib.metadata import version
+
+    data = DEFAULTS.model_dump(mode="json")
+    data["torch_version"] = version("torch").split("+")[0] + "+cu130"
+    data["cpu"]["constant_bytes"] = 123
+    (tmp_path / "calibration.json").write_text(json.dumps(data))
+    assert load_calibration()[0].cpu.constant_bytes == 123
+
+
 def test_glibc_model_small_blocks_stay_resident_large_ones_return():
     # 1 MiB blocks start above the 128 KiB threshold (mmap'd, returned on free); freeing one
     # raises the threshold, so the next 1 MiB blocks come from the heap and stay resident.

@@ -120,7 +120,8 @@ def test_analytic_and_traced_agree_across_settings(settings):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_cuda_trace_models_flash_attention_not_the_cpu_math_path(family, precision):
     # GPT-2 has attention dropout, which sends CPU SDPA to the math kernel (s x s probabilities);
-    # on CUDA flash / memory-efficient attention keeps only output + logsumexp.
+    # on CUDA flash / memory-efficient attention keeps only output + logsumexp, except for fp32
+    # with grouped key/value heads (the small Llama).
     c = EstimateConfig(batch_size=8, seq_len=512, precision=precision)
     a = estimate(SMALL[family], c, device="cuda", method="analytic")
     t = estimate(SMALL[family], c, device="cuda", method="traced")
@@ -128,6 +129,12 @@ def test_cuda_trace_models_flash_attention_not_the_cpu_math_path(family, precisi
     assert t.breakdown.activations == pytest.approx(a.breakdown.activations, rel=0.10)
     s2 = 8 * int(resolve_model_config(SMALL[family]).num_attention_heads) * 512 * 512 * 2
     eager = estimate(SMALL[family], c.model_copy(update={"attention": "eager"}), device="cuda", method="traced")
+    if family == "llama" and precision == "fp32":
+        # fp32 with grouped key/value heads: CUDA's SDPA takes the math kernel too (measured on an
+        # H100: no fused kernel takes fp32 with enable_gqa), so it keeps s x s like eager.
+        assert t.breakdown.activations > 2 * s2
+        assert t.breakdown.activations == pytest.approx(eager.breakdown.activations, rel=0.10)
+        return
     # eager still materialises the s x s probabilities on CUDA (fp32 softmax + 16-bit copy per layer)
     assert eager.breakdown.activations - t.breakdown.activations > 2 * s2
     if family == "gpt2":
