@@ -434,7 +434,7 @@ def estimate(
             _analytic.lora_params(shape, cfg.lora.rank, cfg.lora.targets) if cfg.lora else shape.num_params
         )
         workspace = cal.cuda.cublas_workspace_bytes if device == "cuda" else 0
-        cache_key = _trace_cache_key(fingerprint, cfg, device, f"workspace {workspace}")
+        cache_key = _trace_cache_key(fingerprint, cfg, device, f"workspace {workspace}" if workspace else "")
         got = _read_trace_cache(cache_key)
         if got is None:
             got = trace_inputs(resolved.config, cfg, device, cuda_workspace_bytes=workspace)

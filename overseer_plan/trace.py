@@ -499,7 +499,10 @@ def _cuda_autocast() -> Any:
         for names, make in ((_CUDA_FP32_OPS, fp32), (_CUDA_FP32_DTYPE_OPS, fp32_dtype)):
             for name in names:
                 packet, _, overload = name.partition(".")
-                op = getattr(getattr(torch.ops.aten, packet), overload or "default")
+                try:
+                    op = getattr(getattr(torch.ops.aten, packet), overload or "default")
+                except AttributeError:  # not in this torch version
+                    continue
                 if not torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "AutocastCPU"):
                     lib.impl(name, make(op), "AutocastCPU")
         yield

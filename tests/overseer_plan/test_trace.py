@@ -296,3 +296,34 @@ def test_accumulation_hooks_change_nothing_else(monkeypatch):
         return [(n, p) for _, n, p in log.events]
 
     assert events(True) == events(False)
+
+
+def test_cuda_traces_follow_cuda_autocast_and_leave_cpu_autocast_as_it_was():
+    import torch
+
+    from overseer_plan.trace import _cuda_autocast
+
+    x = torch.ones(4, 4, dtype=torch.bfloat16)
+    with _cuda_autocast(), torch.autocast("cpu", dtype=torch.bfloat16):
+        # CUDA autocast runs pow and layer_norm in fp32; softmax gets an fp32 output dtype
+        assert torch.pow(x, 3.0).dtype == torch.float32
+        assert torch.nn.functional.layer_norm(x, (4,)).dtype == torch.float32
+        assert torch.softmax(x, -1).dtype == torch.float32
+        assert torch.softmax(x, -1, dtype=torch.bfloat16).dtype == torch.bfloat16  # an explicit dtype wins
+        assert (x @ x).dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.pow(x, 3.0).dtype == torch.bfloat16  # the kernels are gone afterwards
+
+
+def test_deep_models_extrapolate_each_phase_and_keep_the_largest():
+    from overseer_plan.trace import peak_of_phases
+
+    def phases(backward: int, optimizer: int) -> dict:
+        parts = {"parameters": 0}
+        return {"forward": {"live": 1, "parts": parts}, "backward": {"live": backward, "parts": parts},
+                "optimizer": {"live": optimizer, "parts": parts}}
+
+    # Backward peaks at 2 and 4 layers, but the optimizer step grows faster per layer: at 16 layers it
+    # is the larger (as Llama-3.2-1B did on an H100); extrapolating the overall peak would miss it.
+    live, phase, _ = peak_of_phases([2, 4], [phases(100, 60), phases(120, 100)], 16)
+    assert phase == "optimizer" and live == 340
