@@ -499,7 +499,11 @@ def estimate(
         context = cal.cuda.context_bytes
         peak = reserved + context
         host = cal.import_rss_bytes + cal.cuda.host_bytes + shape.num_params * (2 if cfg.precision == "bf16-pure" else 4)
-        notes.append("cuda: context/workspace/slack are " + ("measured" if cal.cuda.measured else "literature defaults, unmeasured here"))
+        where = ("measured on this machine (--calibrate)" if "--calibrate" in cal.cuda.provenance
+                 else "as measured on an H100 with torch 2.11; `overseer estimate --calibrate --device cuda` "
+                 "measures your GPU" if cal.cuda.measured else "literature defaults")
+        notes.append(f"cuda: context {context / 2**20:.0f} MiB and cuBLAS workspace "
+                     f"{cal.cuda.cublas_workspace_bytes / 2**20:.0f} MiB per thread, {where}")
         notes.append("cuda: host peak assumes the model is built on the host in its training dtype, then moved")
     breakdown = Breakdown(**{k: int(v) for k, v in parts.items()}, overhead=int(peak - sum(parts.values())))
     return MemoryEstimate(

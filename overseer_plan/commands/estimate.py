@@ -116,7 +116,7 @@ def _render(est: object) -> None:
     ]
     if e.reserved_bytes is not None:  # type: ignore[attr-defined]
         lines += [
-            f"{'  allocator reserved':<18}{fmt_bytes(e.reserved_bytes):>12}   (torch.cuda.max_memory_reserved)",  # type: ignore[attr-defined]
+            f"{'  reserved':<18}{fmt_bytes(e.reserved_bytes):>12}   (torch.cuda.max_memory_reserved)",  # type: ignore[attr-defined]
             f"{'  allocated':<18}{fmt_bytes(e.allocated_bytes):>12}   (torch.cuda.max_memory_allocated)",  # type: ignore[attr-defined]
             f"{'  CUDA context':<18}{fmt_bytes(e.cuda_context_bytes):>12}   (outside the allocator)",  # type: ignore[attr-defined]
         ]
