@@ -402,12 +402,20 @@ def cpu_rss_from_trace(heap_growth_bytes: float, sim_peak_bytes: float, churn_by
     return int(round((replay + cpu_rss_from_sim(sim_peak_bytes, cal, churn_bytes, half=half)) / 2))
 
 
-def cuda_reserved_from_live(live_peak_bytes: float, cal: Calibration, *, checkpointing: bool = False) -> int:
-    """The caching allocator's reserved peak from live tensor bytes, for the analytic method: the two
-    cuBLAS workspaces (cuda_alloc.workspaces) plus the fitted reserved-over-allocated slack."""
+def cuda_allocated_from_live(live_peak_bytes: float, cal: Calibration) -> int:
+    """The caching allocator's allocated peak from live tensor bytes, for the analytic method: plus one
+    cuBLAS workspace per thread that multiplies (cuda_alloc.workspaces)."""
+    from overseer_plan.cuda_alloc import WORKSPACE_THREADS
+
+    return int(live_peak_bytes) + len(WORKSPACE_THREADS) * cal.cuda.cublas_workspace_bytes
+
+
+def cuda_reserved_from_allocated(allocated_bytes: float, cal: Calibration, *, checkpointing: bool = False) -> int:
+    """The caching allocator's reserved peak for the analytic method: allocated plus the fitted
+    reserved-over-allocated slack."""
     c = cal.cuda
     slack = c.checkpointing_slack if checkpointing and c.checkpointing_slack is not None else c.reserved_slack
-    return int(round((1.0 + slack) * (live_peak_bytes + 2 * c.cublas_workspace_bytes)))
+    return int(round((1.0 + slack) * allocated_bytes))
 
 
 def calibrate(*, write: bool = True, repeats: int = 2, cpu: bool = True) -> Calibration:
@@ -437,7 +445,7 @@ def calibrate(*, write: bool = True, repeats: int = 2, cpu: bool = True) -> Cali
         current = load_calibration()[0]
         cal = current.model_copy(update={"cuda": cuda, "torch_version": torch.__version__})
         if write:
-            atomic_write_text(calibration_path(), json.dumps(cal.model_dump(mode="json"), indent=2) + "\n")
+            _save(cal)
         return cal
     points = []
     for model, b, s, ckpt, precision in _CALIBRATION_RUNS:
@@ -480,8 +488,13 @@ def calibrate(*, write: bool = True, repeats: int = 2, cpu: bool = True) -> Cali
         points=points,
     )
     if write:
-        atomic_write_text(calibration_path(), json.dumps(cal.model_dump(mode="json"), indent=2) + "\n")
+        _save(cal)
     return cal
+
+
+def _save(cal: Calibration) -> None:
+    """Write the calibration file atomically (a crash leaves the old one whole)."""
+    atomic_write_text(calibration_path(), json.dumps(cal.model_dump(mode="json"), indent=2) + "\n")
 
 
 # The CUDA calibration run: the Llama-style calibration model at a middle shape under bf16 autocast.

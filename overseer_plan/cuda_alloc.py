@@ -35,6 +35,9 @@ SMALL_SIZE = 1 * MiB  # kSmallSize: largest request served from the small pool
 SMALL_BUFFER = 2 * MiB  # kSmallBuffer: small-pool segment size
 LARGE_BUFFER = 20 * MiB  # kLargeBuffer: segment size for large requests under MIN_LARGE_ALLOC
 MIN_LARGE_ALLOC = 10 * MiB  # kMinLargeAlloc
+# The phases whose thread first multiplies matrices: each has its own cuBLAS handle and workspace
+# (`workspaces`).
+WORKSPACE_THREADS = ("forward", "backward")
 ROUND_LARGE = 2 * MiB  # kRoundLarge: rounding of segments for requests of MIN_LARGE_ALLOC and more
 
 
@@ -140,24 +143,22 @@ class CachingAllocator:
         self.allocated -= block.size
         pool = self.pools[self.segments[block.segment][1]]
         # Merge with the free neighbours in the segment (`try_merge_blocks`).
-        nxt = block.next
-        if nxt is not None and nxt.free:
-            pool.remove(nxt)
-            del self.blocks[(nxt.segment, nxt.offset)]
-            block.size += nxt.size
-            block.next = nxt.next
-            if nxt.next is not None:
-                nxt.next.prev = block
-        prev = block.prev
-        if prev is not None and prev.free:
-            pool.remove(prev)
-            del self.blocks[(block.segment, block.offset)]
-            prev.size += block.size
-            prev.next = block.next
-            if block.next is not None:
-                block.next.prev = prev
-            block = prev
+        if block.next is not None and block.next.free:
+            pool.remove(block.next)
+            self._absorb(block, block.next)
+        if block.prev is not None and block.prev.free:
+            pool.remove(block.prev)
+            block = self._absorb(block.prev, block)
         pool.add(block)
+
+    def _absorb(self, left: _Block, right: _Block) -> _Block:
+        """Join `right` onto its neighbour `left` (neither in a pool); returns `left`."""
+        del self.blocks[(right.segment, right.offset)]
+        left.size += right.size
+        left.next = right.next
+        if right.next is not None:
+            right.next.prev = left
+        return left
 
 
 def replay(events: Sequence[tuple[int, int, str]], *, extra: Iterable[tuple[int, int]] = ()) -> Peaks:
@@ -194,4 +195,4 @@ def workspaces(first_matmul: dict[str, int], nbytes: int) -> list[tuple[int, int
     """
     if nbytes <= 0:
         return []
-    return [(first_matmul[g], nbytes) for g in ("forward", "backward") if g in first_matmul]
+    return [(first_matmul[g], nbytes) for g in WORKSPACE_THREADS if g in first_matmul]

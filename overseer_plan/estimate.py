@@ -383,7 +383,8 @@ def estimate(
     from overseer_plan.calibration import (
         cpu_rss_from_sim,
         cpu_rss_from_trace,
-        cuda_reserved_from_live,
+        cuda_allocated_from_live,
+        cuda_reserved_from_allocated,
         is_half_precision,
         load_calibration,
         long_run_heap_bytes,
@@ -488,14 +489,14 @@ def estimate(
             notes.append(f"cpu: a long run adds about {long_run / 2**20:.0f} MiB past the 3 steps peak_bytes predicts "
                          "(heap fragmentation; included when planning)")
     else:
-        if heap_growth is None and method == "traced" and got.get("cuda_reserved") is not None:
+        if method == "traced" and got.get("cuda_reserved") is not None:
             reserved, allocated = int(got["cuda_reserved"]), int(got["cuda_allocated"])
             if cfg.num_processes > 1:
                 reserved, allocated = reserved + buckets, allocated + buckets
             notes.append("cuda: reserved memory from replaying the trace through the caching allocator's policy")
         else:
-            reserved = cuda_reserved_from_live(live, cal, checkpointing=cfg.gradient_checkpointing)
-            allocated = int(live) + 2 * cal.cuda.cublas_workspace_bytes
+            allocated = cuda_allocated_from_live(live, cal)
+            reserved = cuda_reserved_from_allocated(allocated, cal, checkpointing=cfg.gradient_checkpointing)
         context = cal.cuda.context_bytes
         peak = reserved + context
         host = cal.import_rss_bytes + cal.cuda.host_bytes + shape.num_params * (2 if cfg.precision == "bf16-pure" else 4)
