@@ -53,6 +53,26 @@ SETTING_ROWS = [
     (GPT2_5, dict(batch_size=6, seq_len=256, optimizer="adafactor", precision="bf16-pure")),
 ]
 
+# Architectures outside the matrix's three families, each as transformers builds it by default
+# (Gemma 2 and Bloom have no SDPA path: the estimate and the protocol both take eager).
+_W = {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4, "vocab_size": 8000,
+      "max_position_embeddings": 1024, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+FAMILY_ROWS = [
+    ({"model_type": "gemma", **_W, "intermediate_size": 704, "num_key_value_heads": 1, "head_dim": 64},
+     dict(batch_size=4, seq_len=384)),
+    ({"model_type": "gemma2", **_W, "intermediate_size": 704, "num_key_value_heads": 2, "head_dim": 64},
+     dict(batch_size=2, seq_len=384, precision="bf16")),
+    ({"model_type": "phi3", **_W, "intermediate_size": 704, "num_key_value_heads": 2},
+     dict(batch_size=4, seq_len=384, gradient_checkpointing=True)),
+    ({"model_type": "opt", **_W, "ffn_dim": 1024, "word_embed_proj_dim": 256}, dict(batch_size=4, seq_len=384)),
+    ({"model_type": "falcon", **_W, "num_kv_heads": 1}, dict(batch_size=4, seq_len=384, precision="bf16")),
+    ({"model_type": "mixtral", **_W, "intermediate_size": 352, "num_key_value_heads": 2, "num_local_experts": 4,
+      "num_experts_per_tok": 2}, dict(batch_size=4, seq_len=256)),
+    ({"model_type": "bloom", "n_layer": 4, "hidden_size": 256, "n_head": 4, "vocab_size": 8000},
+     dict(batch_size=4, seq_len=256, gradient_checkpointing=True)),
+    ({"model_type": "olmo2", **_W, "intermediate_size": 704, "num_key_value_heads": 2}, dict(batch_size=4, seq_len=384)),
+]
+
 
 def _cell(v: float | None, real: float) -> str:
     return "-" if v is None else f"{v / MiB:.0f} ({v / real - 1:+.1%})"
@@ -61,8 +81,9 @@ def _cell(v: float | None, real: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2, help="protocol runs per row")
-    ap.add_argument("--rows", choices=("all", "shapes", "settings"), default="all",
-                    help="shapes: other models and shapes; settings: optimizers, attention, precisions, accumulation")
+    ap.add_argument("--rows", choices=("all", "shapes", "settings", "families"), default="all",
+                    help="shapes: other models and shapes; settings: optimizers, attention, precisions, accumulation; "
+                         "families: architectures outside the matrix (Gemma, Phi-3, OPT, Falcon, Mixtral, Bloom, ...)")
     args = ap.parse_args()
     os.environ["OVERSEER_CACHE_DIR"] = tempfile.mkdtemp(prefix="overseer-heldout-")  # shipped defaults only
     from estimator_accuracy import _heap_models
@@ -74,12 +95,14 @@ def main() -> None:
     print("| model | batch x seq | settings | measured MiB (runs) | traced (err) | replay half | allocator half | "
           "analytic (err) |")
     print("|---|---|---|---|---|---|---|---|")
-    rows = {"all": SHAPE_ROWS + SETTING_ROWS, "shapes": SHAPE_ROWS, "settings": SETTING_ROWS}[args.rows]
+    rows = {"all": SHAPE_ROWS + SETTING_ROWS + FAMILY_ROWS, "shapes": SHAPE_ROWS, "settings": SETTING_ROWS,
+            "families": FAMILY_ROWS}[args.rows]
     for model, settings in rows:
         cfg = EstimateConfig(**settings)
         job = {"config": dict(model), "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
                "grad_accum": cfg.grad_accum, "gradient_checkpointing": cfg.gradient_checkpointing,
-               "precision": cfg.precision, "optimizer": cfg.optimizer, "attention": cfg.attention, "steps": 3}
+               "precision": cfg.precision, "optimizer": cfg.optimizer, "steps": 3,
+               "attention": settings.get("attention")}  # None: the default implementation, as the protocol says
         runs = [measure(job)["peak_delta_bytes"] for _ in range(args.repeats)]
         real = sum(runs) / len(runs)
         with quiet_transformers():
@@ -88,6 +111,8 @@ def main() -> None:
         halves = _heap_models(tr)
 
         depth = model.get("num_hidden_layers", model.get("n_layer"))
+        if cfg.attention == "sdpa" and tr.config.attention != cfg.attention:
+            settings = {**settings, "attention": f"{tr.config.attention} (no sdpa)"}
         width = model.get("hidden_size", model.get("n_embd"))
         shown = ", ".join(f"{k} {v}" for k, v in settings.items() if k not in ("batch_size", "seq_len")) or "-"
         print(f"| {model['model_type']} {depth}x{width} | {cfg.batch_size} x {cfg.seq_len} | {shown} | "

@@ -61,6 +61,7 @@ class ModelShape:
     param_shapes: tuple[tuple[int, ...], ...] = field(default=(), repr=False)
     # LoRA-able linear layers: name -> (count over the model, in_features, out_features)
     linears: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False)
+    supports_sdpa: bool = True  # False where transformers has no SDPA path for the class (Bloom, GPT-J, ...)
 
 
 def model_shape(config: PretrainedConfig | Callable[[], PretrainedConfig], fingerprint: str) -> ModelShape:
@@ -83,7 +84,7 @@ def model_shape(config: PretrainedConfig | Callable[[], PretrainedConfig], finge
     return shape
 
 
-_CENSUS_FORMAT = 1
+_CENSUS_FORMAT = 2
 
 
 def _census_path(fingerprint: str) -> Any:
@@ -202,6 +203,7 @@ def _census(config: PretrainedConfig) -> ModelShape:
         param_numels=numels,
         param_shapes=tuple(tuple(int(d) for d in p.shape) for p in model.parameters()),
         linears={k: (v[0], v[1], v[2]) for k, v in linears.items()},
+        supports_sdpa=bool(getattr(type(model), "_supports_sdpa", True)),
     )
 
 

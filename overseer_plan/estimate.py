@@ -380,6 +380,7 @@ def estimate(
     import time
 
     from overseer_plan import _analytic
+    from overseer_plan.models import choose_attention
     from overseer_plan.calibration import (
         cpu_rss_from_sim,
         cpu_rss_from_trace,
@@ -412,6 +413,10 @@ def estimate(
             )
     cal, notes = load_calibration()
     notes = list(notes)
+    attention, attention_note = choose_attention(resolved.model_type, shape.supports_sdpa, cfg.attention)
+    if attention_note:
+        cfg = cfg.model_copy(update={"attention": attention})
+        notes.append(attention_note)
     heap_growth: float | None = None  # CPU heap growth from the real-allocator replay, when it ran
 
     if method == "analytic":

@@ -87,6 +87,35 @@ def _causal_lm_types() -> frozenset[str]:
     return frozenset(types)
 
 
+def attention_for(config: PretrainedConfig, requested: str) -> tuple[str, str | None]:
+    """The attention implementation this model can run, and a note when it is not `requested`.
+
+    Some causal LMs have no SDPA path in transformers (Bloom, GPT-J, CodeGen, MPT, Gemma 2 in
+    transformers 5): asking for it raises, while `from_config` without a choice quietly takes eager.
+    Estimates and training follow that default instead of failing.
+    """
+    return choose_attention(config.model_type, supports_sdpa(config), requested)
+
+
+def choose_attention(model_type: str, sdpa_ok: bool, requested: str) -> tuple[str, str | None]:
+    """`attention_for` once SDPA support is known (the estimator caches it in its census)."""
+    if requested != "sdpa" or sdpa_ok:
+        return requested, None
+    return "eager", (f"{model_type} has no SDPA attention in transformers; eager attention used "
+                     "(it keeps each layer's seq x seq probabilities)")
+
+
+def supports_sdpa(config: PretrainedConfig) -> bool:
+    """Whether the config's causal-LM class has an SDPA attention path."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except (KeyError, ValueError):
+        return True  # not ours to judge: transformers will say
+    return bool(getattr(model_class, "_supports_sdpa", True))
+
+
 def _from_dict(data: Any, *, origin: str) -> PretrainedConfig:
     """Build a config from a dict, turning every failure into one UserInputError line."""
     from transformers import AutoConfig

@@ -164,7 +164,7 @@ class _AllocLog:
         # Buffers the real kernel allocates and frees inside the op (invisible to dispatch), in
         # the kernel's order: `before` ones outlive the output's allocation, `after` ones follow it.
         keys = [self._scratch(nbytes) for nbytes in before]
-        out = func(*args, **kwargs)
+        out = _grouped_mm_output(args, kwargs) if _is_fp32_grouped_mm(func, args) else func(*args, **kwargs)
         if self._adds_in_place(func, args, out):
             self._track(out, same_as=self.storage_key(args[0]))
         elif self._is_accumulation(func, args, kwargs, out):
@@ -233,6 +233,26 @@ class _AllocLog:
         key, self._next = self._next, self._next + 1
         self.events.append((key, nbytes, self.phase))
         return key
+
+
+def _is_fp32_grouped_mm(func: Any, args: tuple) -> bool:
+    import torch
+
+    grouped = getattr(torch.ops.aten, "_grouped_mm", None)
+    return grouped is not None and func is grouped.default and args[0].dtype != torch.bfloat16
+
+
+def _grouped_mm_output(args: tuple, kwargs: dict) -> Any:
+    """The output of `aten._grouped_mm` for a dtype its meta function refuses.
+
+    The meta function enforces the CUDA kernel's bf16-only rule, but the CPU kernel takes fp32,
+    and transformers' MoE experts call it in the parameters' dtype (Mixtral or Qwen2-MoE in fp32
+    or under autocast). The output is shaped as the meta function would shape it.
+    """
+    from torch._meta_registrations import _create_grouped_mm_output_tensor
+
+    offs = args[2] if len(args) > 2 else kwargs.get("offs")
+    return _create_grouped_mm_output_tensor(args[0], args[1], offs, kwargs.get("out_dtype"))
 
 
 @functools.cache

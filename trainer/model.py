@@ -77,10 +77,13 @@ def load_model(name: str | None, *, attention: str = "sdpa", seed: int = 42) -> 
     import torch
     from transformers import AutoModelForCausalLM
 
+    from overseer_plan.models import attention_for
+
     name = name or DEFAULT_MODEL
     config = resolve_config(name)
     config.use_cache = False  # no KV cache in training: it only costs memory
     local = _model_dir(name)
+    attention, attention_note = attention_for(config, attention)
     notes: list[str] = []
     has_weights = local is not None and any((local / f).is_file() for f in _WEIGHT_FILES)
     if has_weights:
@@ -94,7 +97,9 @@ def load_model(name: str | None, *, attention: str = "sdpa", seed: int = 42) -> 
         where = f"in {local}" if local else f"for catalogue model {name}"
         notes.append(f"no weights {where}: training from scratch (random initialisation)")
     tokenizer = _tokenizer_for(name, local, config, notes)
-    from_scratch = bool(notes) and notes[0].startswith("no weights")
+    from_scratch = any(n.startswith("no weights") for n in notes)
+    if attention_note:
+        notes.append(attention_note)
     return LoadedModel(model, tokenizer, name, from_scratch=from_scratch, notes=notes)
 
 

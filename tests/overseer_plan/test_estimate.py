@@ -232,3 +232,16 @@ def test_cli_bad_input_exit_2_one_line(args):
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("overseer: error:")
+
+
+@pytest.mark.parametrize("method", ["analytic", "traced"])
+def test_a_model_without_sdpa_is_estimated_with_eager_attention(method):
+    # transformers has no SDPA path for Bloom: from_config(attn_implementation="sdpa") raises, and
+    # from_config() alone (the benchmark protocol, the trainer) takes eager.
+    bloom = {"model_type": "bloom", "n_layer": 2, "hidden_size": 64, "n_head": 4, "vocab_size": 500}
+    cfg = EstimateConfig(batch_size=2, seq_len=128)
+    est = estimate(bloom, cfg, method=method)
+    assert est.config.attention == "eager"
+    assert any("no SDPA attention" in n for n in est.notes)
+    eager = estimate(bloom, cfg.model_copy(update={"attention": "eager"}), method=method)
+    assert est.peak_bytes == eager.peak_bytes

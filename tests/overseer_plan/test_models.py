@@ -161,3 +161,14 @@ def test_a_corrupt_resolution_index_is_ignored(tmp_path, monkeypatch):
     again = models.resolve("gpt2")
     assert again.fingerprint == first.fingerprint and again._config is not None
     assert models.resolve("gpt2")._config is None  # rewritten, read back lazily
+
+
+def test_models_without_an_sdpa_path_fall_back_to_eager():
+    from overseer_plan.models import attention_for
+
+    bloom = resolve_model_config({"model_type": "bloom", "n_layer": 2, "hidden_size": 64, "n_head": 4,
+                                  "vocab_size": 500})
+    attention, note = attention_for(bloom, "sdpa")
+    assert attention == "eager" and "bloom" in note and "eager" in note
+    assert attention_for(bloom, "eager") == ("eager", None)
+    assert attention_for(resolve_model_config(TINY["llama"]), "sdpa") == ("sdpa", None)

@@ -18,6 +18,10 @@ SMALL = {
     "gpt_neox": {"model_type": "gpt_neox", "num_hidden_layers": 2, "hidden_size": 128, "intermediate_size": 512,
                  "num_attention_heads": 4, "vocab_size": 4000},
 }
+# Mixture of experts: transformers runs the experts through aten._grouped_mm (fp32 on CPU).
+MIXTRAL = {"model_type": "mixtral", "num_hidden_layers": 2, "hidden_size": 128, "intermediate_size": 256,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 4000, "num_local_experts": 4,
+           "num_experts_per_tok": 2}
 
 
 @pytest.fixture(autouse=True)
@@ -152,7 +156,7 @@ def _step_storage_sizes(family: str, fake: bool) -> Counter:
 
     from overseer_plan import trace
 
-    config = resolve_model_config(SMALL[family])
+    config = resolve_model_config(MIXTRAL if family == "mixtral" else SMALL[family])
     config.use_cache = False
     log = trace._AllocLog("cpu")
     modes = (trace._unseen_fakes(), FakeTensorMode(allow_non_fake_inputs=True)) if fake else ()
@@ -167,10 +171,11 @@ def _step_storage_sizes(family: str, fake: bool) -> Counter:
     return Counter(n for _, n, _ in log.events if n > 0)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "mixtral"])
 def test_trace_allocates_what_a_real_step_allocates(family):
     # transformers treats fake tensors as graph tracing and then builds a [b, 1, s, s] causal mask
-    # that the real step skips; the trace must take the real step's code path.
+    # that the real step skips; the trace must take the real step's code path. For mixtral: the
+    # meta function of aten._grouped_mm refuses fp32, which the CPU kernel takes (trace._grouped_mm_output).
     assert _step_storage_sizes(family, fake=True) == _step_storage_sizes(family, fake=False)
 
 
