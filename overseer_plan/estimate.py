@@ -380,7 +380,6 @@ def estimate(
     import time
 
     from overseer_plan import _analytic
-    from overseer_plan.models import choose_attention
     from overseer_plan.calibration import (
         cpu_rss_from_sim,
         cpu_rss_from_trace,
@@ -390,6 +389,7 @@ def estimate(
         load_calibration,
         long_run_heap_bytes,
     )
+    from overseer_plan.models import choose_attention
 
     t0 = time.perf_counter()
     cfg = config if config is not None else EstimateConfig()
