@@ -73,6 +73,14 @@ FAMILY_ROWS = [
     ({"model_type": "olmo2", **_W, "intermediate_size": 704, "num_key_value_heads": 2}, dict(batch_size=4, seq_len=384)),
 ]
 
+# Deeper real models from the catalogue: traced at 2 and 4 layers on CPU and extrapolated to 12.
+DEEP_ROWS = [
+    ("gpt2", dict(batch_size=2, seq_len=256)),
+    ("gpt2", dict(batch_size=4, seq_len=512, gradient_checkpointing=True)),
+    ("gpt2", dict(batch_size=2, seq_len=512, precision="bf16")),
+    ("pythia-160m", dict(batch_size=2, seq_len=256)),
+]
+
 
 def _cell(v: float | None, real: float) -> str:
     return "-" if v is None else f"{v / MiB:.0f} ({v / real - 1:+.1%})"
@@ -81,33 +89,38 @@ def _cell(v: float | None, real: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2, help="protocol runs per row")
-    ap.add_argument("--rows", choices=("all", "shapes", "settings", "families"), default="all",
+    ap.add_argument("--rows", choices=("all", "shapes", "settings", "families", "deep"), default="all",
                     help="shapes: other models and shapes; settings: optimizers, attention, precisions, accumulation; "
-                         "families: architectures outside the matrix (Gemma, Phi-3, OPT, Falcon, Mixtral, Bloom, ...)")
+                         "families: architectures outside the matrix (Gemma, Phi-3, OPT, Falcon, Mixtral, Bloom, ...); "
+                         "deep: 12-layer catalogue models (GPT-2, Pythia-160M), ~5 min")
     args = ap.parse_args()
     os.environ["OVERSEER_CACHE_DIR"] = tempfile.mkdtemp(prefix="overseer-heldout-")  # shipped defaults only
     from estimator_accuracy import _heap_models
 
     from overseer_plan._measure import measure
     from overseer_plan.estimate import EstimateConfig, estimate
+    from overseer_plan.models import resolve_model_config
     from overseer_plan.trace import quiet_transformers
 
     print("| model | batch x seq | settings | measured MiB (runs) | traced (err) | replay half | allocator half | "
           "analytic (err) |")
     print("|---|---|---|---|---|---|---|---|")
-    rows = {"all": SHAPE_ROWS + SETTING_ROWS + FAMILY_ROWS, "shapes": SHAPE_ROWS, "settings": SETTING_ROWS,
-            "families": FAMILY_ROWS}[args.rows]
+    rows = {"all": SHAPE_ROWS + SETTING_ROWS + FAMILY_ROWS + DEEP_ROWS, "shapes": SHAPE_ROWS,
+            "settings": SETTING_ROWS, "families": FAMILY_ROWS, "deep": DEEP_ROWS}[args.rows]
     for model, settings in rows:
         cfg = EstimateConfig(**settings)
-        job = {"config": dict(model), "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
+        name = model if isinstance(model, str) else None
+        if name:
+            model = {"name": name, **resolve_model_config(name).to_dict()}
+        job = {"config": {k: v for k, v in model.items() if k != "name"}, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
                "grad_accum": cfg.grad_accum, "gradient_checkpointing": cfg.gradient_checkpointing,
                "precision": cfg.precision, "optimizer": cfg.optimizer, "steps": 3,
                "attention": settings.get("attention")}  # None: the default implementation, as the protocol says
         runs = [measure(job)["peak_delta_bytes"] for _ in range(args.repeats)]
         real = sum(runs) / len(runs)
         with quiet_transformers():
-            tr = estimate(dict(model), cfg, method="traced")
-            an = estimate(dict(model), cfg, method="analytic")
+            tr = estimate(name or dict(model), cfg, method="traced")
+            an = estimate(name or dict(model), cfg, method="analytic")
         halves = _heap_models(tr)
 
         depth = model.get("num_hidden_layers", model.get("n_layer"))
@@ -115,7 +128,7 @@ def main() -> None:
             settings = {**settings, "attention": f"{tr.config.attention} (no sdpa)"}
         width = model.get("hidden_size", model.get("n_embd"))
         shown = ", ".join(f"{k} {v}" for k, v in settings.items() if k not in ("batch_size", "seq_len")) or "-"
-        print(f"| {model['model_type']} {depth}x{width} | {cfg.batch_size} x {cfg.seq_len} | {shown} | "
+        print(f"| {name or model['model_type']} {depth}x{width} | {cfg.batch_size} x {cfg.seq_len} | {shown} | "
               f"{real / MiB:.0f} ({min(runs) / MiB:.0f}-{max(runs) / MiB:.0f}) | {_cell(tr.peak_bytes, real)} | "
               f"{_cell(halves.get('replay_only'), real)} | {_cell(halves.get('allocator_only'), real)} | "
               f"{_cell(an.peak_bytes, real)} |",

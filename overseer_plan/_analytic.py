@@ -84,7 +84,7 @@ def model_shape(config: PretrainedConfig | Callable[[], PretrainedConfig], finge
     return shape
 
 
-_CENSUS_FORMAT = 2
+_CENSUS_FORMAT = 3
 
 
 def _census_path(fingerprint: str) -> Any:
@@ -188,10 +188,10 @@ def _census(config: PretrainedConfig) -> ModelShape:
         intermediate=int(inter),
         vocab=int(c.vocab_size),
         gated_mlp=gated,
-        rms_norm=family == "llama",
+        rms_norm=_uses_rms_norm(blocks[0] if blocks else model, family),
         gelu_ops=4 if act == "gelu_new" and family == "gpt2" else 1,
-        attn_dropout=float(getattr(c, "attn_pdrop", None) or getattr(c, "attention_dropout", 0.0) or 0.0),
-        resid_dropout=float(getattr(c, "resid_pdrop", None) or getattr(c, "hidden_dropout", 0.0) or 0.0),
+        attn_dropout=_first_rate(c, "attn_pdrop", "attention_dropout", "attention_probs_dropout_prob"),
+        resid_dropout=_first_rate(c, "resid_pdrop", "hidden_dropout", "hidden_dropout_prob"),
         embd_dropout=float(getattr(c, "embd_pdrop", 0.0) or 0.0),
         parallel_residual=bool(getattr(c, "use_parallel_residual", False)),
         max_positions=_max_positions(c),
@@ -205,6 +205,27 @@ def _census(config: PretrainedConfig) -> ModelShape:
         linears={k: (v[0], v[1], v[2]) for k, v in linears.items()},
         supports_sdpa=bool(getattr(type(model), "_supports_sdpa", True)),
     )
+
+
+def _uses_rms_norm(block: Any, family: str) -> bool:
+    """Whether the block normalises with RMSNorm (by its norm modules' classes; the family when it has none)."""
+    import torch
+
+    modules = list(block.modules())
+    if any("RMSNorm" in type(m).__name__ for m in modules):
+        return True
+    if any(isinstance(m, torch.nn.LayerNorm) or type(m).__name__.endswith("LayerNorm") for m in modules):
+        return False
+    return family == "llama"
+
+
+def _first_rate(config: Any, *names: str) -> float:
+    """The first of these dropout-rate attributes the config sets (families name them differently)."""
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)) and value:
+            return float(value)
+    return 0.0
 
 
 def _find_blocks(model: Any) -> list:

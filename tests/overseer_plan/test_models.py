@@ -172,3 +172,19 @@ def test_models_without_an_sdpa_path_fall_back_to_eager():
     assert attention == "eager" and "bloom" in note and "eager" in note
     assert attention_for(bloom, "eager") == ("eager", None)
     assert attention_for(resolve_model_config(TINY["llama"]), "sdpa") == ("sdpa", None)
+
+
+def test_census_reads_the_norm_type_and_dropout_rates_of_any_family(tmp_path, monkeypatch):
+    # Families outside GPT-2/Llama/NeoX: OPT and BioGPT normalise with LayerNorm; BioGPT names its
+    # dropout rates hidden_dropout_prob / attention_probs_dropout_prob.
+    monkeypatch.setenv("OVERSEER_CACHE_DIR", str(tmp_path))
+    small = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
+             "vocab_size": 500}
+    biogpt = resolve_model_config({"model_type": "biogpt", **small, "hidden_dropout_prob": 0.1,
+                                   "attention_probs_dropout_prob": 0.2})
+    shape = model_shape(biogpt, config_fingerprint(biogpt))
+    assert not shape.rms_norm and shape.resid_dropout == 0.1 and shape.attn_dropout == 0.2
+    opt = resolve_model_config({"model_type": "opt", **small, "ffn_dim": 128})
+    assert not model_shape(opt, config_fingerprint(opt)).rms_norm
+    llama = resolve_model_config(TINY["llama"])
+    assert model_shape(llama, config_fingerprint(llama)).rms_norm
