@@ -144,10 +144,18 @@ def _census(config: PretrainedConfig) -> ModelShape:
     import torch
     import transformers
 
+    from overseer_plan.errors import UserInputError
+    from overseer_plan.models import supports_sdpa
     from overseer_plan.trace import quiet_transformers
 
-    with torch.device("meta"), quiet_transformers():
-        model = transformers.AutoModelForCausalLM.from_config(config)
+    try:
+        with torch.device("meta"), quiet_transformers():
+            model = transformers.AutoModelForCausalLM.from_config(config)
+    except (AssertionError, ValueError, TypeError, RuntimeError, IndexError, KeyError) as e:
+        # An inconsistent config (e.g. a pad_token_id outside the vocabulary) fails inside transformers.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserInputError(f"model_type {config.model_type!r}: transformers cannot build a model from this "
+                             f"config ({first[:160]}); check its sizes and token ids") from None
     numels = tuple(int(p.numel()) for p in model.parameters())
     emb = model.get_input_embeddings()
     linears: dict[str, list[int]] = {}
@@ -203,7 +211,7 @@ def _census(config: PretrainedConfig) -> ModelShape:
         param_numels=numels,
         param_shapes=tuple(tuple(int(d) for d in p.shape) for p in model.parameters()),
         linears={k: (v[0], v[1], v[2]) for k, v in linears.items()},
-        supports_sdpa=bool(getattr(type(model), "_supports_sdpa", True)),
+        supports_sdpa=supports_sdpa(config),
     )
 
 

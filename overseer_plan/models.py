@@ -124,8 +124,11 @@ def _from_dict(data: Any, *, origin: str) -> PretrainedConfig:
         raise UserInputError(f"{origin}: not a Hugging Face config (no 'model_type' key); pass a model's config.json")
     data = dict(data)
     model_type = data.pop("model_type")
+    from overseer_plan.trace import quiet_transformers
+
     try:
-        config = AutoConfig.for_model(model_type, **data)
+        with quiet_transformers():  # its warnings about the values would break the one-line error below
+            config = AutoConfig.for_model(model_type, **data)
     except (ValueError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserInputError(f"{origin}: cannot build a config for model_type {model_type!r} ({first})") from None

@@ -164,7 +164,7 @@ class _AllocLog:
         # Buffers the real kernel allocates and frees inside the op (invisible to dispatch), in
         # the kernel's order: `before` ones outlive the output's allocation, `after` ones follow it.
         keys = [self._scratch(nbytes) for nbytes in before]
-        out = _grouped_mm_output(args, kwargs) if _is_fp32_grouped_mm(func, args) else func(*args, **kwargs)
+        out = _grouped_mm_output(args, kwargs) if _meta_refuses_grouped_mm(func, args) else func(*args, **kwargs)
         if self._adds_in_place(func, args, out):
             self._track(out, same_as=self.storage_key(args[0]))
         elif self._is_accumulation(func, args, kwargs, out):
@@ -235,7 +235,8 @@ class _AllocLog:
         return key
 
 
-def _is_fp32_grouped_mm(func: Any, args: tuple) -> bool:
+def _meta_refuses_grouped_mm(func: Any, args: tuple) -> bool:
+    """Whether this is `aten._grouped_mm` in a dtype other than bf16 (see `_grouped_mm_output`)."""
     import torch
 
     grouped = getattr(torch.ops.aten, "_grouped_mm", None)

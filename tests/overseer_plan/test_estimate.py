@@ -222,6 +222,7 @@ def test_cli_table_and_json():
         ["--model", "no-such-model"],
         ["--model", str(ASSETS / "malformed-config.json")],
         ["--model", str(ASSETS / "bert-config.json")],
+        ["--model", str(ASSETS / "unbuildable-config.json")],  # pad_token_id outside its vocabulary
         ["--precision", "fp8"],
         ["--lora-rank", "0"],
         *([["--calibrate", "--device", "cuda"]] if not _cuda() else []),
