@@ -57,36 +57,35 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _nvml_used_bytes() -> int | None:
-    """Device 0's used memory from NVML (creates no CUDA context); None without NVML."""
+def _nvml_device0(read: Any) -> int | None:
+    """`read(pynvml, handle)` on device 0 inside an NVML session (NVML creates no CUDA context);
+    None without NVML or when it refuses: these figures are optional."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
         try:
-            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used)
+            return read(pynvml, pynvml.nvmlDeviceGetHandleByIndex(0))
         finally:
             pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - NVML missing or refused: the figure is optional
+    except Exception:  # noqa: BLE001 - NVML missing or refused
         return None
+
+
+def _nvml_used_bytes() -> int | None:
+    """Device 0's used memory from NVML."""
+    return _nvml_device0(lambda nv, h: int(nv.nvmlDeviceGetMemoryInfo(h).used))
 
 
 def _nvml_process_bytes() -> int | None:
     """This process's device memory as NVML (and nvidia-smi) report it; None where NVML cannot say."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
-                    return int(proc.usedGpuMemory)
-            return None
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - optional figure
+    def read(nv: Any, h: Any) -> int | None:
+        for proc in nv.nvmlDeviceGetComputeRunningProcesses(h):
+            if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
+                return int(proc.usedGpuMemory)
         return None
+
+    return _nvml_device0(read)
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:

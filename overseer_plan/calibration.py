@@ -511,8 +511,6 @@ def calibrate_cuda() -> CudaFactors:
     - host_bytes: host RSS growth past the fp32 parameters built on the host;
     - the analytic slacks stay the shipped ones (fitted on an H100 over larger models).
     """
-    import platform
-
     from overseer_plan._measure import measure
     from overseer_plan.estimate import EstimateConfig, trace_inputs
     from overseer_plan.models import resolve_model_config
