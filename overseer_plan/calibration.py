@@ -580,15 +580,3 @@ def half_precision_offset(churn_offset: int, replay_offset: int | None) -> int:
     """One offset for both heap models: the mean of the two fits' (they agree within a few MiB);
     the allocator model's alone when the replay did not run."""
     return churn_offset if replay_offset is None else int(round((churn_offset + replay_offset) / 2))
-
-
-def fit_cpu_factors(pairs: list[tuple[float, float]]) -> tuple[float, int]:
-    """Least-squares (scale, constant) for measured = scale * simulated + constant."""
-    n = len(pairs)
-    mx = sum(x for x, _ in pairs) / n
-    my = sum(y for _, y in pairs) / n
-    sxx = sum((x - mx) ** 2 for x, _ in pairs)
-    scale = sum((x - mx) * (y - my) for x, y in pairs) / sxx if sxx > 0 else 1.0
-    scale = max(1.0, scale)
-    constant = max(0, int(round(my - scale * mx)))
-    return scale, constant

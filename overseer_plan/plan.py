@@ -291,11 +291,19 @@ def _base_config(hw: Hardware, wl: Workload, book: Rulebook, mode: str, model: s
             decisions.append(Decision(setting=name, value=getattr(cfg, name), rule="user", why="set explicitly; wins over the preset"))
         else:
             decisions.append(Decision(setting=name, value=value, rule=rule.id, why=rule.why))
-    limit = max_positions(model)
+    model_type, shape = model_shape(model)
+    limit = shape.max_positions
     if limit and cfg.max_sequence_length > limit:
         cfg = cfg.with_changes(max_sequence_length=limit)
         decisions.append(Decision(setting="max_sequence_length", value=limit, rule="model",
                                   why=f"capped at the model's maximum of {limit} positions"))
+    from overseer_plan.models import choose_attention
+
+    # The plan file must name the attention that will run: training would take eager anyway.
+    attention, note = choose_attention(model_type, shape.supports_sdpa, cfg.attention)
+    if note:
+        cfg = cfg.with_changes(attention=attention)
+        decisions.append(Decision(setting="attention", value=attention, rule="model", why=note))
     cap = max(1, hw.cpu.usable_cores // 2)
     if cfg.num_workers > cap and "num_workers" not in explicit:
         cfg = cfg.with_changes(num_workers=cap)
@@ -304,13 +312,18 @@ def _base_config(hw: Hardware, wl: Workload, book: Rulebook, mode: str, model: s
     return cfg, decisions
 
 
-def max_positions(model: str) -> int | None:
-    """The longest sequence the model's config allows, when it says."""
+def model_shape(model: str) -> tuple[str, Any]:
+    """(model_type, the estimator's cached census `_analytic.ModelShape`): no config build when cached."""
     from overseer_plan import _analytic
     from overseer_plan.estimate import _resolve
 
     resolved = _resolve(model)
-    return _analytic.model_shape(lambda: resolved.config, resolved.fingerprint).max_positions
+    return resolved.model_type, _analytic.model_shape(lambda: resolved.config, resolved.fingerprint)
+
+
+def max_positions(model: str) -> int | None:
+    """The longest sequence the model's config allows, when it says."""
+    return model_shape(model)[1].max_positions
 
 
 def _lean_optimizers(base: TrainingConfig, device: Device) -> list[str]:

@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 from overseer_plan import calibration as cal_mod
-from overseer_plan.calibration import DEFAULTS, fit_cpu_factors, load_calibration, simulate_glibc
+from overseer_plan.calibration import DEFAULTS, load_calibration, simulate_glibc
 from overseer_plan.estimate import EstimateConfig, estimate
 
 MiB = 2**20
@@ -96,12 +96,6 @@ def test_glibc_model_reuses_freed_heap_space():
     small = 64 * 1024
     ev = [(1, small, "f"), (1, -small, "f"), (2, small, "f"), (2, -small, "f")]
     assert simulate_glibc(ev) < 2 * small
-
-
-def test_fit_cpu_factors_recovers_a_line():
-    pts = [(100.0, 1.1 * 100 + 50), (300.0, 1.1 * 300 + 50), (700.0, 1.1 * 700 + 50)]
-    scale, const = fit_cpu_factors(pts)
-    assert scale == pytest.approx(1.1) and const == 50
 
 
 def test_calibration_path_honours_env(tmp_path):

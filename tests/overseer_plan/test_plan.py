@@ -129,3 +129,17 @@ def test_nothing_fits_is_reported_not_hidden() -> None:
 def test_traced_validation_confirms_the_winner_for_a_small_model() -> None:
     plan = _plan(make_hw(ram_gb=16), model="overseer-tiny", validate=True)
     assert plan.feasible and plan.validation and plan.validation.startswith("traced dry run")
+
+
+def test_a_model_without_sdpa_is_planned_with_the_eager_attention_it_will_run(tmp_path) -> None:
+    from transformers import BloomConfig
+
+    BloomConfig(n_layer=2, hidden_size=64, n_head=4, vocab_size=1000).save_pretrained(tmp_path)
+    plan = _plan(make_hw(ram_gb=16), model=str(tmp_path))
+    assert plan.feasible and plan.config.attention == "eager"
+    why = {d.setting: d for d in plan.decisions}["attention"]
+    assert why.rule == "model" and "no SDPA" in why.why
+    # A model with SDPA keeps the preset's choice and needs no decision about it.
+    gpt2 = _plan(make_hw(ram_gb=16))
+    assert gpt2.config.attention == "sdpa"
+    assert "attention" not in {d.setting for d in gpt2.decisions}
