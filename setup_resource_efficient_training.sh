@@ -4,4 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash setup.sh --no-doctor
-exec "${OVERSEER_VENV:-.venv}/bin/overseer" train --resource-efficient "$@"
+settings=()
+# The spec customises runs in training_config.py; flags win over it.
+if [ -f training_config.py ] && [[ " $* " != *" --training-config"* ]]; then
+  settings=(--training-config training_config.py)
+fi
+exec "${OVERSEER_VENV:-.venv}/bin/overseer" train --resource-efficient ${settings[@]+"${settings[@]}"} "$@"

@@ -91,7 +91,7 @@ class ContinuousResult:
 def run_continuous(config: TrainingConfig, *, auto: bool = False, mode: str | None = None, rounds: int | None = None,
                    watch_interval_s: float | None = None, download: bool = False,
                    stop_event: threading.Event | None = None, reporter: Reporter | None = None, resume: bool = False,
-                   explicit: set[str] | None = None, data_cache_dir: Path | None = None,
+                   explicit: set[str] | None = None, data_cache_dir: Path | None = None, wait_for_data: bool = False,
                    token_cache_dir: Path | None = None, use_monitor: bool = True) -> ContinuousResult:
     """Train on the sources, then keep training on new data as it appears (see the module docstring).
 
@@ -106,6 +106,7 @@ def run_continuous(config: TrainingConfig, *, auto: bool = False, mode: str | No
         resume: no manifest yet but checkpoints in the run directory: start round 0 from the latest.
         explicit: the settings the user gave (default `config.explicit_fields()`).
         data_cache_dir, token_cache_dir: the download cache and the token cache (their defaults otherwise).
+        wait_for_data: no data yet is not an error: wait for files to appear (the default watch folder).
 
     Raises:
         UserInputError: no data to watch, an unusable first download, a run directory with checkpoints
@@ -115,7 +116,7 @@ def run_continuous(config: TrainingConfig, *, auto: bool = False, mode: str | No
         raise UserInputError(f"--rounds {rounds}: give at least 1")
     session = _Session(config, auto=auto, mode=mode, download=download, stop_event=stop_event, reporter=reporter,
                        resume=resume, explicit=explicit, data_cache_dir=data_cache_dir,
-                       token_cache_dir=token_cache_dir, use_monitor=use_monitor,
+                       token_cache_dir=token_cache_dir, use_monitor=use_monitor, wait_for_data=wait_for_data,
                        interval_s=watch_interval_s if watch_interval_s is not None else config.watch_interval_s)
     return session.run(rounds)
 
@@ -126,13 +127,13 @@ class _Session:
     def __init__(self, config: TrainingConfig, *, auto: bool, mode: str | None, download: bool, interval_s: float,
                  stop_event: threading.Event | None, reporter: Reporter | None, resume: bool,
                  explicit: set[str] | None, data_cache_dir: Path | None, token_cache_dir: Path | None,
-                 use_monitor: bool):
+                 use_monitor: bool, wait_for_data: bool = False):
         from trainer.data import default_cache_dir
 
         self.config, self.auto, self.mode, self.download, self.interval_s = config, auto, mode, download, interval_s
         self.stop = stop_event or threading.Event()
         self.reporter = reporter or SilentReporter()
-        self.resume, self.use_monitor = resume, use_monitor
+        self.resume, self.use_monitor, self.wait_for_data = resume, use_monitor, wait_for_data
         self.explicit = set(explicit if explicit is not None else config.explicit_fields())
         self.data_cache = Path(data_cache_dir or default_data_cache_dir())
         self.token_cache = Path(token_cache_dir or default_cache_dir())
@@ -192,16 +193,26 @@ class _Session:
                     self._refresh_urls()
                 found = resolve_sources(self.config, download=False, cache_dir=self.data_cache, hasher=self.hasher)
         except UserInputError as e:
-            if first:
+            if first and not self.wait_for_data:
                 raise
+            if first:  # the watch folder is still empty
+                return self._waiting()
             self._note(f"continuous: checking the sources failed ({e}); trying again in {self.interval_s:g}s")
             return []
+        if first and not found and self.wait_for_data:
+            return self._waiting()
         if first and not found:
             raise UserInputError("--continuous-learning: no data to watch; give --data PATH or data_sources "
                                  "(URLs, with --download-data)")
         seen, own = self.manifest.seen(), self.run_dir.absolute()
         # The run directory's own files (replay.jsonl, metrics.jsonl) are never data, even inside a watched dir.
         return [r for r in found if r.sha256 not in seen and not r.path.is_relative_to(own)]
+
+    def _waiting(self) -> list[ResolvedSource]:
+        folders = ", ".join(str(Path(d).absolute()) for d in self.config.data)
+        self._note(f"continuous: waiting for data: put .txt, .md or .jsonl files into {folders} "
+                   f"(checked every {self.interval_s:g}s; Ctrl-C stops)")
+        return []
 
     def _refresh_urls(self) -> None:
         from trainer.download import check_for_update, download

@@ -5,13 +5,15 @@
     overseer train --data notes/ --continuous-learning --watch-interval 300    # retrain as notes/ grows
     overseer train --download-data --continuous-learning                       # the spec's complete pipeline
 
-Flag semantics (see `run_pipeline`): `--download-data` alone fetches `data_sources`; with a SOURCE it
-fetches that instead; neither is a one-line error. Without `--download-data`, `data_sources` come
+Flag semantics (see `run_pipeline`): `--download-data` alone fetches `data_sources` (none configured and
+no --data: a default public-domain corpus, `DEFAULT_DOWNLOAD_SOURCE`); with a SOURCE it fetches that
+instead. `--continuous-learning` with no data at all watches `WATCH_FOLDER` beside the run directory. Without `--download-data`, `data_sources` come
 from the data cache only (no network). `--rounds` and `--watch-interval` need `--continuous-learning`.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,12 +71,15 @@ def run_pipeline(config: TrainingConfig, *, auto: bool = False, mode: str | None
         and whatever `train` raises.
     """
     _check_flags(continuous=continuous, rounds=rounds, watch_interval_s=watch_interval_s)
-    config, download = _with_download_source(config, download_source)
+    config, download, note = _with_download_source(config, download_source)
+    if note and reporter is not None:
+        reporter.message(note)
     if continuous:
+        config, waiting = _with_watch_folder(config, reporter)
         done = run_continuous(config, auto=auto, mode=mode, rounds=rounds, watch_interval_s=watch_interval_s,
                               download=download, stop_event=stop_event, reporter=reporter, resume=resume,
                               explicit=explicit, data_cache_dir=data_cache_dir, token_cache_dir=token_cache_dir,
-                              use_monitor=use_monitor)
+                              use_monitor=use_monitor, wait_for_data=waiting)
         return PipelineResult(done.last_result, continuous=done)
     from trainer.run import train
 
@@ -102,19 +107,55 @@ def _check_flags(*, continuous: bool, rounds: int | None, watch_interval_s: floa
         raise UserInputError(f"--watch-interval {watch_interval_s:g}: give a positive number of seconds")
 
 
-def _with_download_source(config: TrainingConfig,
-                          download_source: str | list[str] | bool | None) -> tuple[TrainingConfig, bool]:
-    """(config whose data_sources are what to fetch, whether to download)."""
-    if download_source is None or download_source is False:
+# Fetched by a bare `--download-data` when nothing else is configured (the spec's "Training with Fresh
+# Data" example names no source): ~1.1 MB of public-domain plain text, stable at this address since 2015.
+# A mirror (or an air-gapped copy) can stand in for it: OVERSEER_DEFAULT_DATA_SOURCE.
+DEFAULT_DOWNLOAD_SOURCE = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+DEFAULT_SOURCE_ENV = "OVERSEER_DEFAULT_DATA_SOURCE"
+WATCH_FOLDER = "incoming"
+"""Continuous learning with no data configured watches this folder beside the run directory."""
+
+
+def _with_watch_folder(config: TrainingConfig, reporter: Reporter | None) -> tuple[TrainingConfig, bool]:
+    """(config, whether to wait for data): with nothing to watch, a folder beside the run directory.
+
+    Not inside it: a run directory's own files are never data.
+    """
+    if config.data or config.data_sources:
         return config, False
+    folder = Path(config.output_dir).absolute().parent / WATCH_FOLDER
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserInputError(f"--continuous-learning: cannot create the watch folder {folder} ({e.strerror or e}); "
+                             "give --data PATH") from None
+    if reporter is not None:
+        reporter.message(f"continuous: no data configured: watching {folder} (give --data PATH or data_sources "
+                         "to watch something else)")
+    config = config.with_changes(data=[str(folder)])
+    config.mark_explicit({"data"})
+    return config, True
+
+
+def _with_download_source(config: TrainingConfig,
+                          download_source: str | list[str] | bool | None) -> tuple[TrainingConfig, bool, str | None]:
+    """(config whose data_sources are what to fetch, whether to download, a note for the user)."""
+    if download_source is None or download_source is False:
+        return config, False, None
     if isinstance(download_source, (str, list, tuple)):
         sources = [download_source] if isinstance(download_source, str) else list(download_source)
         if not sources or not all(s.strip() for s in sources):
             raise UserInputError("--download-data: the source is empty; give a URL or a dataset id")
         config = config.with_changes(data_sources=sources)
         config.mark_explicit({"data_sources"})
-        return config, True
-    if not config.data_sources:
+        return config, True, None
+    if config.data_sources:
+        return config, True, None
+    if config.data:  # the user's own files are the data; a default corpus would silently dilute them
         raise UserInputError("--download-data: nothing to download; give a source (--download-data URL) or list "
-                             "data_sources in the --config file")
-    return config, True
+                             "data_sources in training_config.py or the --config file")
+    source = os.environ.get(DEFAULT_SOURCE_ENV, "").strip() or DEFAULT_DOWNLOAD_SOURCE
+    config = config.with_changes(data_sources=[source])
+    config.mark_explicit({"data_sources"})
+    return config, True, (f"--download-data: no data_sources configured: fetching the default corpus from {source}; "
+                          "set data_sources in training_config.py or give --download-data URL")

@@ -55,9 +55,25 @@ def with_embedded_defaults(config: TrainingConfig, explicit: set[str]) -> Traini
     if {"batch_size", "gradient_accumulation_steps"} & explicit:  # the user's batch request stands whole
         changes.pop("batch_size", None)
         changes.pop("gradient_accumulation_steps", None)
+    elif "resource_efficient_mode" in explicit:
+        # A mode the user chose keeps its preset's micro-batch, the memory it promises; the demo's
+        # effective batch (and so its schedule) stays, as more accumulation steps.
+        micro = min(config.batch_size, EMBEDDED_DEFAULTS["batch_size"])
+        changes["batch_size"] = micro
+        changes["gradient_accumulation_steps"] = max(1, EMBEDDED_DEFAULTS["batch_size"] // micro)
     out = config.with_changes(**changes)
     out.mark_explicit(set(changes))
     return out
+
+
+def embedded_note(before: TrainingConfig, after: TrainingConfig) -> str | None:
+    """What the embedded default's demo schedule changed from the mode's preset, for the log."""
+    changed = [f"{k} {getattr(before, k)} -> {getattr(after, k)}" for k in EMBEDDED_DEFAULTS
+               if getattr(before, k) != getattr(after, k)]
+    if not changed:
+        return None
+    return (f"embedded default (overseer-tiny, {after.mode} mode): a short demo schedule instead of the preset's: "
+            f"{', '.join(changed)}; give --model/--data (or set them in training_config.py) to train with the preset")
 
 
 def plan_config(config: TrainingConfig, *, mode: str | None, num_processes: int = 1,
@@ -120,7 +136,11 @@ def train(config: TrainingConfig, *, auto: bool = False, mode: str | None = None
     explicit = set(explicit if explicit is not None else config.explicit_fields())
     notes: list[str] = []
     fits = None
+    preset = config
     config = with_embedded_defaults(config, explicit)
+    demo = embedded_note(preset, config)
+    if demo:
+        notes.append(demo)
     if auto:
         config, notes, fits = plan_config(config, mode=mode)
     trainer = Trainer(config, policy=OomPolicy.default(fits), reporter=reporter, resume=resume,

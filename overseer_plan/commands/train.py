@@ -27,7 +27,11 @@ def train_command(
     resource_efficient: bool = typer.Option(False, "--resource-efficient",
                                             help="Resource-efficient preset (batch 4 x 16, seq 1024, checkpointing)."),
     config_file: Path | None = typer.Option(None, "--config", metavar="PLAN.yaml",
-                                            help="Settings or a plan file from `overseer plan --save`."),
+                                            help="Settings or a plan file from `overseer plan --save` (alone: train as "
+                                                 "it says; with a mode flag: its settings on top of that mode)."),
+    training_config: Path | None = typer.Option(None, "--training-config", metavar="training_config.py",
+                                                help="A Python file defining `config = TrainingConfig()` (the spec's "
+                                                     "training_config.py); --config and flags win over it."),
     model: str | None = typer.Option(None, "--model", help="Catalogue name, local model directory or hub id."),
     data: list[str] = typer.Option([], "--data", help="Text/Markdown/JSONL file or directory (repeatable)."),
     output: str | None = typer.Option(None, "--output", metavar="DIR", help="Run directory."),
@@ -66,15 +70,19 @@ def train_command(
     from trainer.pipeline import run_pipeline
 
     modes = [name for name, on in (("--auto", auto), ("--standard", standard),
-                                   ("--resource-efficient", resource_efficient), ("--config", config_file)) if on]
+                                   ("--resource-efficient", resource_efficient)) if on]
     if len(modes) > 1:
-        raise UserInputError(f"{' and '.join(modes)}: choose one of --auto, --standard, --resource-efficient, --config")
+        raise UserInputError(f"{' and '.join(modes)}: choose one of --auto, --standard, --resource-efficient")
     if max_steps is not None and epochs is not None:
         raise UserInputError("--max-steps and --epochs: give one (--max-steps wins over epochs in a config file)")
+    if watch_interval is not None and not 0 < watch_interval <= _MAX_WATCH_INTERVAL_S:
+        raise UserInputError(f"--watch-interval {watch_interval:g}: give a number of seconds above 0 and at most "
+                             f"{_MAX_WATCH_INTERVAL_S} (a day)")
     flags = _flags(locals())
-    config = _build_config(flags, config_file, resource_efficient)
+    config = _build_config(flags, config_file, training_config, standard=standard, resource_efficient=resource_efficient)
     mode = "standard" if standard else "resource-efficient" if resource_efficient else None
-    use_auto = not (standard or resource_efficient or config_file)  # --auto is the default
+    # --auto is the default; --config alone trains as the file says (a plan file is already fitted).
+    use_auto = auto or not (standard or resource_efficient or config_file)
     source = list(download_from) or (True if download_data else None)
     out = _run(run_pipeline, config, auto=use_auto, mode=mode, resume=resume, download_source=source,
                continuous=continuous, rounds=rounds, watch_interval_s=watch_interval)
@@ -120,16 +128,64 @@ def _flags(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _build_config(flags: dict[str, Any], config_file: Path | None, resource_efficient: bool) -> Any:
+_MAX_WATCH_INTERVAL_S = 86400
+
+
+def _user_line(error: BaseException, path: Path) -> str:
+    """', line N' of the user's file where `error` was raised from it (its innermost frame there)."""
+    import traceback
+
+    target = str(Path(path).resolve())
+    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if str(Path(f.filename).resolve()) == target]
+    return f", line {lines[-1]}" if lines else ""
+
+
+def _build_config(flags: dict[str, Any], config_file: Path | None, training_config: Path | None, *,
+                  standard: bool, resource_efficient: bool) -> Any:
+    """The run's settings, later layers winning: training_config.py, --config, the mode flag, the other flags."""
     from overseer_plan.config import TrainingConfig
 
     base: dict[str, Any] = {}
+    if training_config is not None:
+        loaded = load_training_config_py(training_config)
+        base.update({k: getattr(loaded, k) for k in loaded.explicit_fields()})
     if config_file is not None:
         loaded = TrainingConfig.load(config_file)  # one-line errors naming each bad key
-        base = {k: getattr(loaded, k) for k in loaded.explicit_fields()}
-    if resource_efficient:
-        base["resource_efficient_mode"] = True
+        base.update({k: getattr(loaded, k) for k in loaded.explicit_fields()})
+    if resource_efficient or standard:
+        base["resource_efficient_mode"] = resource_efficient
     return TrainingConfig.from_dict({**base, **flags}, what="the train options")
+
+
+def load_training_config_py(path: Path) -> Any:
+    """The `config` a training_config.py defines (the spec's way to customise a run).
+
+    It is the user's own Python file, named on their command line (or next to the spec's scripts),
+    so running it is what they asked for; anything it raises becomes a one-line error.
+    """
+    import runpy
+
+    from overseer_plan.config import TrainingConfig
+
+    what = f"--training-config {path}"
+    if not Path(path).is_file():
+        raise UserInputError(f"{what}: no such file; give the path of a training_config.py")
+    from pydantic import ValidationError
+
+    try:
+        namespace = runpy.run_path(str(path), run_name="training_config")
+    except UserInputError as e:
+        raise UserInputError(f"{what}: {e}") from None
+    except ValidationError as e:  # an assignment TrainingConfig refused
+        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise UserInputError(f"{what}{_user_line(e, path)}: {problems}") from None
+    except Exception as e:  # noqa: BLE001 - the user's code: name what went wrong, in one line
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise UserInputError(f"{what}{_user_line(e, path)}: running it failed ({type(e).__name__}: {first})") from None
+    config = namespace.get("config")
+    if not isinstance(config, TrainingConfig):
+        raise UserInputError(f"{what}: it must set `config = TrainingConfig()` (from overseer_plan import TrainingConfig)")
+    return config
 
 
 def _run(run: Any, config: Any, **kwargs: Any) -> Any:

@@ -29,13 +29,64 @@ def _caches(tmp_path: Path) -> dict:
     ({"watch_interval_s": 5.0}, "--watch-interval: only with --continuous-learning"),
     ({"continuous": True, "rounds": 0}, "--rounds 0"),
     ({"continuous": True, "watch_interval_s": 0.0}, "--watch-interval 0"),
-    ({"download_source": True}, "--download-data: nothing to download"),
     ({"download_source": " "}, "--download-data: the source is empty"),
 ])
 def test_inconsistent_flags_are_one_line_errors(tmp_path, kwargs, words):
     with pytest.raises(UserInputError, match=words) as err:
         run_pipeline(tiny_config(tmp_path), **kwargs, **_caches(tmp_path))
     assert err.value.exit_code == 2 and "\n" not in str(err.value)
+
+
+def test_bare_download_data_beside_the_users_own_files_is_a_one_line_error(tmp_path):
+    data = tmp_path / "notes.txt"
+    data.write_text(corpus_text(1, 40))
+    with pytest.raises(UserInputError, match="--download-data: nothing to download") as err:
+        run_pipeline(tiny_config(tmp_path, data=[str(data)]), download_source=True, **_caches(tmp_path))
+    assert err.value.exit_code == 2 and "\n" not in str(err.value)
+
+
+class _Notes:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def start(self, **_kw) -> None: ...
+    def update(self, *_a) -> None: ...
+    def close(self) -> None: ...
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def test_bare_download_data_with_nothing_configured_fetches_the_default_corpus(loopback_server, tmp_path, monkeypatch):
+    from trainer.pipeline import DEFAULT_SOURCE_ENV
+
+    body = corpus_text(4, 40).encode()
+    url = loopback_server.add("/default.txt", body=body)
+    monkeypatch.setenv(DEFAULT_SOURCE_ENV, url)  # the shipped default is on the internet; tests stay on loopback
+    notes = _Notes()
+    result = run_pipeline(tiny_config(tmp_path), download_source=True, use_monitor=False, reporter=notes,
+                          **_caches(tmp_path))
+    (path,) = result.data
+    assert Path(path).read_bytes() == body and result.result.optimizer_steps == 2
+    assert any("no data_sources configured: fetching the default corpus from " + url in n for n in notes.lines)
+
+
+def test_continuous_learning_with_no_data_waits_on_a_watch_folder_then_trains(tmp_path):
+    from trainer.pipeline import WATCH_FOLDER
+
+    folder = tmp_path / WATCH_FOLDER  # beside the run directory, tmp_path / "run"
+    run, notes = tmp_path / "run", _Notes()
+
+    def drop_a_file() -> None:
+        wait_for(lambda: any("waiting for data" in n for n in notes.lines), 60, "the wait note")
+        (folder / "new.txt").write_text(corpus_text(5, 60))
+
+    threading.Thread(target=drop_a_file, daemon=True).start()
+    result = run_pipeline(tiny_config(tmp_path), continuous=True, rounds=1, watch_interval_s=0.05, use_monitor=False,
+                          reporter=notes, **_caches(tmp_path))
+    assert (result.continuous.stopped, result.continuous.trained_rounds) == ("rounds", 1)
+    assert [f.path for f in load_manifest(run).rounds[0].files] == [str(folder / "new.txt")]
+    assert any(f"watching {folder}" in n for n in notes.lines)
 
 
 def test_download_data_then_one_training_run(loopback_server, tmp_path):

@@ -53,3 +53,86 @@ def test_method_2_convenience_script_rejects_bad_flags_in_one_line(tmp_path: Pat
                        capture_output=True, text=True, env=_env(tmp_path), timeout=120, cwd=tmp_path)
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+_SPEC_SNIPPET = """
+from overseer_plan import TrainingConfig
+
+# Custom resource-efficient settings (the spec's snippet, verbatim)
+config = TrainingConfig()
+config.resource_efficient_mode = True
+config.batch_size = 2  # Even smaller batch size
+config.max_sequence_length = 512  # Even shorter sequences
+config.max_ram_percent = 60.0  # Even lower memory threshold
+# shrunk for a test
+config.max_steps = 2
+config.gradient_accumulation_steps = 2
+config.max_sequence_length = 64
+"""
+
+
+def test_the_specs_training_config_py_customises_method_1_and_flags_win(tmp_path: Path) -> None:
+    settings = tmp_path / "training_config.py"
+    settings.write_text(_SPEC_SNIPPET)
+    data = tmp_path / "notes.txt"
+    data.write_text(corpus_text(3, 80))
+    run = tmp_path / "run"
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "main_training.py"), "--training-config", str(settings), "--data", str(data),
+         "--max-steps", "1", "--output", str(run)],
+        capture_output=True, text=True, env=_env(tmp_path), timeout=300, cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    config = json.loads((run / "summary.json").read_text())["config"]
+    assert config["resource_efficient_mode"] is True and config["max_ram_percent"] == 60.0
+    assert config["max_steps"] == 1  # the flag won over the file
+    assert config["learning_rate"] == 5e-5 and config["save_steps"] == 200  # the preset filled the rest
+
+
+def test_method_2_takes_a_config_file_on_top_of_its_mode(tmp_path: Path) -> None:
+    data = tmp_path / "notes.txt"
+    data.write_text(corpus_text(2, 80))
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text(f"data: [{data}]\nmax_steps: 1\nbatch_size: 2\ngradient_accumulation_steps: 1\n"
+                   "max_sequence_length: 64\nlearning_rate: 0.001\n")
+    run = tmp_path / "run"
+    p = subprocess.run([sys.executable, str(ROOT / "run_resource_efficient_training.py"), "--config", str(cfg),
+                        "--output", str(run)],
+                       capture_output=True, text=True, env=_env(tmp_path), timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    config = json.loads((run / "summary.json").read_text())["config"]
+    assert config["resource_efficient_mode"] is True and config["learning_rate"] == 0.001
+    assert config["memory_check_interval"] == 15  # the resource-efficient preset under the file's settings
+
+
+def test_the_shipped_training_config_py_changes_nothing_until_edited() -> None:
+    from overseer_plan.commands.train import load_training_config_py
+
+    assert load_training_config_py(ROOT / "training_config.py").explicit_fields() == set()
+
+
+def test_a_broken_training_config_py_is_one_line(tmp_path: Path) -> None:
+    for body, words in (("config = 3\n", "must set `config = TrainingConfig()`"),
+                        ("raise RuntimeError('boom')\n", "RuntimeError: boom"),
+                        ("from overseer_plan import TrainingConfig\nconfig = TrainingConfig()\nconfig.batch_size = 0\n",
+                         "batch_size")):
+        settings = tmp_path / "training_config.py"
+        settings.write_text(body)
+        p = subprocess.run([sys.executable, str(ROOT / "main_training.py"), "--training-config", str(settings)],
+                           capture_output=True, text=True, env=_env(tmp_path), timeout=120, cwd=tmp_path)
+        assert p.returncode == 2, p.stderr
+        assert words in p.stderr and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_the_embedded_demo_keeps_a_chosen_modes_micro_batch_and_says_what_it_changed() -> None:
+    from overseer_plan.config import TrainingConfig
+    from trainer.run import EMBEDDED_DEFAULTS, embedded_note, with_embedded_defaults
+
+    chosen = TrainingConfig(resource_efficient_mode=True)
+    demo = with_embedded_defaults(chosen, chosen.explicit_fields())
+    assert demo.batch_size == 4  # the resource-efficient preset's micro-batch
+    assert demo.effective_batch_size() == EMBEDDED_DEFAULTS["batch_size"]  # the demo's schedule
+    note = embedded_note(chosen, demo)
+    assert "learning_rate 5e-05 -> 0.003" in note and "gradient_accumulation_steps 16 -> 4" in note
+    auto = TrainingConfig()  # `overseer train --auto`: the planner splits the demo's batch
+    assert with_embedded_defaults(auto, set()).batch_size == EMBEDDED_DEFAULTS["batch_size"]
