@@ -118,6 +118,18 @@ def rung_check(hardware: Any, model: str | None, device: str) -> Callable[[Train
     return check
 
 
+def _machine_check(config: TrainingConfig) -> Callable[[TrainingConfig], bool] | None:
+    """`rung_check` for this machine and the device `config` trains on (None without the probe)."""
+    try:
+        import torch
+
+        from overseer_plan.probe import probe
+    except ImportError:
+        return None
+    device = "cuda" if config.use_gpu and torch.cuda.is_available() else "cpu"
+    return rung_check(probe(output_dir=config.output_dir), config.model, device)
+
+
 def train(config: TrainingConfig, *, auto: bool = False, mode: str | None = None, resume: bool = False,
           reporter: Reporter | None = None, use_monitor: bool = True, cache_dir: Path | None = None,
           explicit: set[str] | None = None) -> TrainResult:
@@ -143,6 +155,10 @@ def train(config: TrainingConfig, *, auto: bool = False, mode: str | None = None
         notes.append(demo)
     if auto:
         config, notes, fits = plan_config(config, mode=mode)
+    else:
+        # Settings as given, but each OOM rung is still checked against the estimate (as with --auto):
+        # mixed precision off is only taken where the estimate says it saves memory.
+        fits = _machine_check(config)
     trainer = Trainer(config, policy=OomPolicy.default(fits), reporter=reporter, resume=resume,
                       use_monitor=use_monitor, cache_dir=cache_dir)
     try:

@@ -136,3 +136,13 @@ def test_the_embedded_demo_keeps_a_chosen_modes_micro_batch_and_says_what_it_cha
     assert "learning_rate 5e-05 -> 0.003" in note and "gradient_accumulation_steps 16 -> 4" in note
     auto = TrainingConfig()  # `overseer train --auto`: the planner splits the demo's batch
     assert with_embedded_defaults(auto, set()).batch_size == EMBEDDED_DEFAULTS["batch_size"]
+
+
+def test_rungs_are_checked_against_the_estimate_without_auto_too() -> None:
+    from overseer_plan.config import TrainingConfig
+    from trainer.run import _machine_check
+
+    config = TrainingConfig(resource_efficient_mode=True, model="overseer-tiny", use_gpu=False)
+    check = _machine_check(config)
+    assert check is not None and check(config.with_changes(batch_size=1, max_sequence_length=64))
+    assert not check(config.with_changes(batch_size=4096, max_sequence_length=512))  # terabytes of activations
