@@ -211,7 +211,7 @@ def _judge(symptom: str, rule: LadderRule, before: TrainingConfig, after: Traini
                f"speed x{speed:.2f}, budget {fmt_bytes(budget)}")
     if symptom == "slow":
         helps = speed > 1.001 and p1 <= budget
-        if rule.change.set.get("learning_rate"):
+        if "learning_rate" in rule.change.set or "learning_rate" in rule.change.at_least:
             helps = p1 <= budget  # no throughput change; fewer steps to the same loss is the hope
     else:
         helps = p1 < p0 * 0.995
@@ -235,6 +235,8 @@ def _action(rule: LadderRule, cfg: TrainingConfig, hw: Hardware, ev: _Evaluator,
                                                                 if k != "resource_efficient_mode"})
         std.apply_preset(book)
         std = _cap_sequence(std, ev.model)
+        if not hw.gpus:  # the preset's use_gpu means nothing on a machine without one; do not show it as a change
+            std = std.with_changes(use_gpu=cfg.use_gpu)
         p1, budget = ev.peak(std), ev.budget(std)
         speed = ev.speed(std) / ev.speed(cfg)
         fits = p1 <= budget

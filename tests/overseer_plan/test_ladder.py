@@ -38,6 +38,8 @@ def test_spec_rung_values() -> None:
     assert apply_change(re, book["ladder.oom.mixed-precision-off"]).mixed_precision is False
     assert apply_change(re, book["ladder.oom.gradient-checkpointing"]) is None  # already on
     assert apply_change(re, book["ladder.slow.learning-rate"]).learning_rate == 7e-5
+    # From standard's 1e-4 the spec's "increase slightly (e.g. to 7e-5)" has nothing to raise: never a decrease.
+    assert apply_change(TrainingConfig(), book["ladder.slow.learning-rate"]) is None
     assert apply_change(re, book["ladder.overwhelmed.close-apps"]) is None  # an action, not a setting
 
 
