@@ -1,6 +1,8 @@
-"""Atomic file writes: write a temporary file, fsync, rename.
+"""Reading the files users hand us, and writing ours atomically.
 
-A crash or a full disk leaves either the old file or the new one, never half of one.
+Writes go to a temporary file, fsync, rename: a crash or a full disk leaves either the old
+file or the new one, never half of one. Reads and path checks of user files raise
+`UserInputError` with one line naming the file, never a bare OSError or UnicodeDecodeError.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from overseer_plan.errors import UserInputError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -48,6 +52,52 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def read_user_text(path: Path, *, what: str, hint: str) -> str:
+    """The UTF-8 text of a file the user named; `what` names it ('--hardware hw.json'), `hint` says what to do.
+
+    Raises:
+        UserInputError: missing, a directory, unreadable, or not UTF-8 text (e.g. a binary file).
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserInputError(f"{what}: not a UTF-8 text file (undecodable byte at offset {e.start}); {hint}") from None
+    except OSError as e:
+        raise UserInputError(f"{what}: cannot read it ({e.strerror or e}); {hint}") from None
+
+
+def check_output_file(path: Path, *, flag: str) -> None:
+    """Fail before any work when `path` cannot be written as a file (atomic_write creates missing parents).
+
+    Raises:
+        UserInputError: `path` is a directory, or a file stands where one of its parent directories should be.
+    """
+    path = Path(path)
+    if path.is_dir():  # also `-o ""`, which the shell hands over as '.'
+        raise UserInputError(f"{flag} {path}: is a directory; name a file inside it, e.g. {path / 'out.yaml'}")
+    _check_parents(path.parent, flag=flag, shown=path)
+
+
+def check_dir_option(path: Path, *, flag: str) -> None:
+    """Fail when a directory option names a file, or a path under a file (a missing directory is fine: it is created).
+
+    Raises:
+        UserInputError: naming the flag and the file in the way.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserInputError(f"{flag} {path}: is a file, not a directory; pass a directory (a missing one is created)")
+    _check_parents(path.parent, flag=flag, shown=path)
+
+
+def _check_parents(parent: Path, *, flag: str, shown: Path) -> None:
+    for p in (parent, *parent.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserInputError(f"{flag} {shown}: {p} is a file, so no directory can be made there; pick another path")
+            return
 
 
 def cache_root() -> Path:

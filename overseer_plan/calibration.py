@@ -41,10 +41,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from overseer_plan._io import atomic_write_text
-from overseer_plan._model import StrictModel
+from overseer_plan._model import FiniteModel
 
 MiB = 1024**2
 _PAGE = 4096
@@ -53,24 +53,31 @@ _MMAP_THRESHOLD_MAX = 32 * MiB  # glibc DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 _CHUNK_OVERHEAD = 8 + 64  # malloc header + c10 alloc_cpu's 64-byte posix_memalign slack
 
 
-class CpuFactors(StrictModel):
+# Bounds on the stored factors. The fits floor the constants and fractions at 0 (`fit_churn_factors`,
+# `fit_replay_constant`), so a negative one, NaN or infinity means an edited or damaged file: it
+# is ignored with a warning (load_calibration) rather than printing a negative peak or crashing in
+# int(). The upper bounds are tens of times the shipped values, far past any measured machine.
+_MAX_HALF_PRECISION_BYTES = 2 * 1024**3
+
+
+class CpuFactors(FiniteModel):
     """peak RSS growth = scale * simulated allocator peak + constant_bytes."""
 
-    scale: float
+    scale: float = Field(gt=0, le=50)
     """Multiplier on the allocator-model peak (heap fragmentation beyond the model, untraced buffers)."""
-    constant_bytes: int
+    constant_bytes: int = Field(ge=0)
     """Bytes added regardless of shape (model-class imports, code pages, thread pools)."""
-    churn_fraction: float = 0.0
+    churn_fraction: float = Field(default=0.0, ge=0, le=5)
     """Heap fragmentation allowance per byte of heap churn (`heap_churn`): the allocator replay
     sees only tensor blocks, while in the real process small long-lived blocks (TensorImpl,
     autograd nodes, Python objects) are carved out of freed tensor holes, which then no longer
     fit the next step's same-sized tensor nor coalesce, so the heap keeps growing (measured
     with mallinfo2: 634 -> 730 -> 858 MiB main arena after backward 1/2/3, ~180 MiB in use)."""
-    replay_constant_bytes: int | None = None
+    replay_constant_bytes: int | None = Field(default=None, ge=0)
     """Bytes ru_maxrss grows beyond the real-allocator replay's heap growth (heap_replay.py): code
     pages and model-class imports touched by the first step, thread stacks and per-thread arenas,
     pymalloc's own mmapped arenas. None: not fitted, the replay is not used."""
-    half_precision_bytes: int = 0
+    half_precision_bytes: int = Field(default=0, ge=-_MAX_HALF_PRECISION_BYTES, le=_MAX_HALF_PRECISION_BYTES)
     """Added to both constants above when the step's matmuls run in 16 bits (bf16 or fp16 autocast,
     pure bf16): fitted on the calibration models run at fp32 and at bf16. Negative here: an fp32 step
     keeps about 11 MiB more outside its traced tensors than a bf16 one of the same model (a
@@ -79,22 +86,22 @@ class CpuFactors(StrictModel):
     """How these numbers were obtained."""
 
 
-class CudaFactors(StrictModel):
+class CudaFactors(FiniteModel):
     """peak = reserved + context; reserved from the caching-allocator replay (traced) or
     (1 + reserved_slack) * (live bytes + two cuBLAS workspaces) (analytic)."""
 
-    context_bytes: int
+    context_bytes: int = Field(ge=0)
     """Device memory outside the caching allocator: CUDA context, kernel images, library handles."""
-    cublas_workspace_bytes: int
+    cublas_workspace_bytes: int = Field(ge=0)
     """cuBLAS workspace per handle, allocated through the caching allocator (one handle per thread
     that multiplies matrices: two in a training step)."""
-    reserved_slack: float
+    reserved_slack: float = Field(ge=0, le=5)
     """Reserved-over-allocated fraction of the caching allocator (fragmentation, block rounding),
     for the analytic method."""
-    checkpointing_slack: float | None = None
+    checkpointing_slack: float | None = Field(default=None, ge=0, le=5)
     """The same with gradient checkpointing, whose recomputation interleaves short-lived blocks with
     saved ones and fragments more; None: reserved_slack."""
-    host_bytes: int
+    host_bytes: int = Field(ge=0)
     """Host RSS added by the CUDA runtime (driver and runtime libraries, pinned staging)."""
     measured: bool
     """Whether these were measured on this machine (False: literature defaults)."""
@@ -102,7 +109,7 @@ class CudaFactors(StrictModel):
     """How these numbers were obtained."""
 
 
-class Calibration(StrictModel):
+class Calibration(FiniteModel):
     """Per-machine factors, stored in the calibration file."""
 
     torch_version: str
@@ -111,7 +118,7 @@ class Calibration(StrictModel):
     """platform.node() / processor, for the record."""
     cpu: CpuFactors
     cuda: CudaFactors
-    import_rss_bytes: int
+    import_rss_bytes: int = Field(ge=0)
     """RSS of a process after importing torch and transformers (host baseline)."""
     points: list[dict[str, Any]] = []
     """The calibration measurements: shape, measured bytes, simulated bytes."""
@@ -212,7 +219,12 @@ def load_calibration() -> tuple[Calibration, list[str]]:
     try:
         cal = Calibration.model_validate_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, ValidationError) as e:
-        msg = f"calibration file {path} is malformed and was ignored ({type(e).__name__}); using shipped defaults"
+        why = type(e).__name__
+        if isinstance(e, ValidationError):  # name the value at fault: an edited factor, NaN, a negative size
+            err = e.errors()[0]
+            why = f"{'.'.join(str(x) for x in err['loc']) or 'file'}: {err['msg']}"
+        msg = (f"calibration file {path} is malformed and was ignored ({why}); using shipped defaults "
+               "(re-run `overseer estimate --calibrate` or delete the file)")
         warnings.warn(msg, stacklevel=2)
         return DEFAULTS, [msg]
     from importlib.metadata import version
@@ -523,7 +535,9 @@ def calibrate_cuda() -> CudaFactors:
     traced = trace_inputs(resolve_model_config(dict(model)), settings, "cuda", cuda_workspace_bytes=0)
     workspace = max(0, int(real["max_allocated_bytes"] - traced["cuda_allocated"]) // 2)
     before = real.get("device_used_before_init_bytes")
-    context = (int(real["device_used_end_bytes"] - before - real["reserved_end_bytes"])
+    # Floored at 0 like the CPU constants: a noisy reading below it would make the saved file
+    # fail its bounds and be ignored whole on the next load.
+    context = (max(0, int(real["device_used_end_bytes"] - before - real["reserved_end_bytes"]))
                if before is not None else DEFAULTS.cuda.context_bytes)
     host = max(0, int(real["peak_delta_bytes"] - 4 * real["num_params"]))
     return DEFAULTS.cuda.model_copy(update={

@@ -55,7 +55,38 @@ def main() -> None:
         from overseer_plan.commands.train import expand_download_value
 
         sys.argv[1:] = expand_download_value(sys.argv[1:])
-    app()
+    sys.exit(_run(sys.argv[1:]))
+
+
+def _run(args: list[str]) -> int:
+    """Run the app; a usage error (unknown flag, bad value) is one line, like every other bad input.
+
+    typer prints usage errors as a five-line box; with standalone_mode=False click raises them
+    instead, and returns the code of a typer.Exit. Help output is untouched.
+    """
+    # click's exceptions, or the copy typer >= 0.2x vendors (typer._click): wherever BadParameter lives.
+    errors = importlib.import_module(typer.BadParameter.__module__)
+    no_args_help = getattr(errors, "NoArgsIsHelpError", ())  # click < 8.2 exits 0 after the help instead
+    try:
+        code = typer.main.get_command(app).main(args, prog_name="overseer", standalone_mode=False)
+    except no_args_help as e:  # bare `overseer`: help, exit 2, as before
+        if e.format_message().strip():  # typer's rich help has printed itself already; plain click's has not
+            e.show()
+        return e.exit_code
+    except errors.UsageError as e:
+        # A missing option value is raised before the verb's context exists: name the verb from argv.
+        verb = f"overseer {args[0]}" if args and not args[0].startswith("-") else "overseer"
+        where = e.ctx.command_path if e.ctx is not None else verb
+        message = " ".join(e.format_message().split()).rstrip(".")
+        typer.echo(f"{where}: {message}; see {where} --help", err=True)
+        return 2
+    except errors.ClickException as e:
+        e.show()
+        return e.exit_code
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        return 1
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

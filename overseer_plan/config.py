@@ -15,10 +15,11 @@ resource-efficient preset (accumulation 16, learning rate 5e-5, ...).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
 
 from overseer_plan.errors import ConfigErrors, UserInputError
 
@@ -28,7 +29,10 @@ Precision = Literal["fp32", "fp16", "bf16"]
 class TrainingConfig(BaseModel):
     """All settings of a training run. Fields marked 'preset' default to the mode's preset."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+    # allow_inf_nan=False: no setting is infinite or NaN, and `memory_check_interval: .inf` would
+    # pass `gt=0` and stop the monitor, `learning_rate: nan` fail with a misleading bound.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True,
+                              allow_inf_nan=False)
 
     resource_efficient_mode: bool = False
     """Use the resource-efficient preset (smaller batches, checkpointing, lower thresholds)."""
@@ -90,8 +94,9 @@ class TrainingConfig(BaseModel):
     """AdamW weight decay."""
     max_grad_norm: float = Field(default=1.0, gt=0)
     """Gradient clipping norm."""
-    seed: int = 42
-    """Seed for initialisation, data order and dropout."""
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
+    """Seed for initialisation, data order and dropout, 0 to 2**32-1 (numpy rejects negative seeds, torch
+    overflows past 64 bits; 32 bits is what every seeding API, np.random.seed included, accepts)."""
     save_total_limit: int = Field(default=3, ge=1)
     """Keep the last K checkpoints."""
     eval_fraction: float = Field(default=0.05, gt=0, lt=0.5)
@@ -135,6 +140,18 @@ class TrainingConfig(BaseModel):
                    and n not in _OPTIONAL]
         if missing:
             raise UserInputError(f"the {self.mode} preset does not set {', '.join(missing)}; add them to the rulebook")
+
+    @classmethod
+    def setting_problem(cls, name: str, value: Any) -> str | None:
+        """Why `value` is not valid for setting `name` alone, or None (for rule files, checked without a preset).
+
+        A field's type and bounds are those declared above, so the rulebook cannot drift from them.
+        """
+        try:
+            _setting_adapter(name).validate_python(value)
+        except ValidationError as e:
+            return e.errors()[0]["msg"]
+        return None
 
     def explicit_fields(self) -> set[str]:
         """Names of the settings the user set (they win over presets and the planner)."""
@@ -185,15 +202,18 @@ class TrainingConfig(BaseModel):
         """
         import yaml
 
+        from overseer_plan._io import read_user_text
+
         p = Path(path)
+        text = read_user_text(p, what=f"--config {p}", hint="pass a YAML config or a plan file from `overseer plan -o`")
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise UserInputError(f"--config {p}: cannot read it ({e.strerror or e})") from None
+            data = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise UserInputError(f"--config {p}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        if isinstance(data, dict) and "config" in data:  # a plan file: its `config:` section is what trains
             data = data["config"]
+            if not isinstance(data, dict):
+                raise UserInputError(f"--config {p}: its 'config:' section must be a mapping of settings, e.g. 'batch_size: 4'")
         if not isinstance(data, dict):
             raise UserInputError(f"--config {p}: expected a mapping of settings, e.g. 'batch_size: 4'")
         return cls.from_dict(data, what=f"--config {p}")
@@ -210,6 +230,14 @@ class TrainingConfig(BaseModel):
                 msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
                 problems.append(f"{key}: {msg}")
             raise ConfigErrors(problems, what=what) from None
+
+
+@functools.cache
+def _setting_adapter(name: str) -> TypeAdapter[Any]:
+    field = TrainingConfig.model_fields[name]
+    # The field's type with its bounds (ge=1, le=1, ...): field.metadata holds them apart from the default.
+    bounded = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    return TypeAdapter(bounded, config=ConfigDict(allow_inf_nan=False))
 
 
 # Settings that may legitimately stay None after the preset is applied.

@@ -9,23 +9,30 @@ in `Hardware.unavailable` under the part's key (e.g. ``"gpus"``).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
-from overseer_plan._model import StrictModel as _Model
+from overseer_plan._model import FiniteModel as _Model
 from overseer_plan.errors import UserInputError
+
+SCHEMA_VERSION = 1
+"""The profile format this code reads and writes."""
+
+# Sizes and counts below carry bounds: a saved profile may be edited by hand, and a negative size
+# would otherwise come out as "RAM training can use: -7.45 GiB" or a plan for nothing.
 
 
 class Cpu(_Model):
     model: str | None = None
     """CPU brand string, e.g. 'AMD EPYC 7B13'."""
-    logical_cores: int
+    logical_cores: int = Field(ge=1)
     """Logical CPUs the OS reports (os.cpu_count())."""
-    physical_cores: int | None = None
+    physical_cores: int | None = Field(default=None, ge=1)
     """Physical cores, when the OS tells them apart."""
-    usable_cores: int
+    usable_cores: int = Field(ge=1)
     """Cores this process may really use: affinity mask and cgroup CPU quota intersected."""
     usable_cores_source: str = "affinity"
     """What limits `usable_cores`: 'affinity', 'cgroup cpu.max', 'cgroup cpu.cfs_quota_us', ..."""
@@ -40,35 +47,35 @@ class Cpu(_Model):
 
 
 class ProcessMemory(_Model):
-    pid: int
+    pid: int = Field(ge=0)
     """Process id (host PID for NVML entries inside containers)."""
     name: str | None = None
     """Process name, when readable."""
-    memory_bytes: int | None = None
+    memory_bytes: int | None = Field(default=None, ge=0)
     """Resident memory (RAM) or device memory used (GPU), None when not reported."""
 
 
 class Ram(_Model):
-    total_bytes: int
+    total_bytes: int = Field(gt=0)
     """Host RAM as /proc/meminfo reports it (not container-aware)."""
-    available_bytes: int
+    available_bytes: int = Field(ge=0)
     """RAM available to new allocations without swapping, container-aware."""
-    limit_bytes: int | None = None
+    limit_bytes: int | None = Field(default=None, ge=0)
     """Tightest of the cgroup memory limit and RLIMIT_AS headroom; None when unlimited."""
     limit_source: str | None = None
     """Which limit binds: e.g. 'cgroup v2 memory.max', 'cgroup v1 memory.limit_in_bytes', 'RLIMIT_AS'."""
-    effective_bytes: int
+    effective_bytes: int = Field(gt=0)
     """What training can really use: min(total, limit)."""
-    used_by_others_bytes: int
+    used_by_others_bytes: int = Field(ge=0)
     """RAM held by everything but this process (within the effective limit)."""
-    swap_total_bytes: int | None = None
+    swap_total_bytes: int | None = Field(default=None, ge=0)
     """Swap size, when readable."""
     top_processes: list[ProcessMemory] = Field(default_factory=list)
     """Largest other consumers of RAM, biggest first."""
 
 
 class Gpu(_Model):
-    index: int
+    index: int = Field(ge=0)
     """Index in torch's device order (after CUDA_VISIBLE_DEVICES)."""
     name: str
     """Marketing name, e.g. 'NVIDIA GeForce RTX 3070 Laptop GPU'."""
@@ -76,17 +83,17 @@ class Gpu(_Model):
     """NVML UUID ('GPU-…' or 'MIG-…'); redacted in reports."""
     backend: Literal["cuda", "rocm", "mps"] = "cuda"
     """Which torch backend drives it."""
-    memory_total_bytes: int
+    memory_total_bytes: int = Field(gt=0)
     """Device memory in total (MPS: recommended maximum working set)."""
-    memory_free_bytes: int | None = None
+    memory_free_bytes: int | None = Field(default=None, ge=0)
     """Device memory free right now (plan from this, not 'used')."""
-    memory_reserved_bytes: int | None = None
+    memory_reserved_bytes: int | None = Field(default=None, ge=0)
     """Memory the driver reserves (NVML v2 API), None where unsupported."""
     temperature_c: float | None = None
     """Core temperature, degrees Celsius."""
     temperature_slowdown_c: float | None = None
     """Temperature at which the GPU starts throttling, when NVML reports it."""
-    utilization_percent: float | None = None
+    utilization_percent: float | None = Field(default=None, ge=0, le=100)
     """Compute utilisation over the last sample period."""
     compute_capability: str | None = None
     """CUDA compute capability, e.g. '8.6'; None for ROCm/MPS."""
@@ -96,6 +103,14 @@ class Gpu(_Model):
     """Other processes using this GPU, with their device memory."""
     torch_usable: bool | None = None
     """Whether torch in this environment can use it; None when torch was not checked."""
+
+    @field_validator("compute_capability")
+    @classmethod
+    def _major_minor(cls, v: str | None) -> str | None:
+        # supports_bf16() reads it as a number; 'abc' would crash the planner far from the file.
+        if v is not None and not re.fullmatch(r"\d+\.\d+", v):
+            raise ValueError(f"compute capability must be MAJOR.MINOR such as '8.6' (got {v!r})")
+        return v
 
     def supports_bf16(self) -> bool:
         """bf16 needs Ampere (8.0) or newer on CUDA; ROCm MI-series and MPS (macOS 14+) also have it."""
@@ -109,9 +124,9 @@ class Disk(_Model):
     """The directory checked (output or data directory)."""
     role: str = "output"
     """What goes there: 'output' (checkpoints) or 'data'."""
-    free_bytes: int
+    free_bytes: int = Field(ge=0)
     """Free space for this user."""
-    total_bytes: int
+    total_bytes: int = Field(ge=0)
     """Size of the filesystem."""
     rotational: bool | None = None
     """True for a spinning disk, False for SSD/NVMe, None when it cannot be told."""
@@ -169,7 +184,7 @@ class Machine(_Model):
 class Hardware(_Model):
     """Everything Overseer knows about the machine."""
 
-    schema_version: int = 1
+    schema_version: int = SCHEMA_VERSION
     """Version of this format."""
     cpu: Cpu
     """The CPU."""
@@ -190,6 +205,13 @@ class Hardware(_Model):
     overrides: list[str] = Field(default_factory=list)
     """What was set by hand (--ram, --gpu-mem, ...) rather than probed."""
 
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"unknown schema version {v} (this overseer reads {SCHEMA_VERSION})")
+        return v
+
     # ---- derived values, computed in one place ----
     def smallest_gpu_bytes(self) -> int | None:
         """The smallest device memory among usable GPUs (what a data-parallel plan must fit)."""
@@ -209,22 +231,23 @@ class Hardware(_Model):
         """Read a profile saved by `overseer probe --save`.
 
         Raises:
-            UserInputError: unreadable, not JSON, or not a hardware profile.
+            UserInputError: unreadable, not JSON, or not a hardware profile (every bad value named:
+                negative sizes, NaN, an unknown schema version, ...).
         """
+        from overseer_plan._io import read_user_text
+
         p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as e:
-            raise UserInputError(f"--hardware {p}: cannot read it ({e.strerror or e}); save one with `overseer probe --save {p.name}`") from None
+        hint = f"save one with `overseer probe --save {p.name}`"
+        text = read_user_text(p, what=f"--hardware {p}", hint=hint)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise UserInputError(f"--hardware {p}: not valid JSON (line {e.lineno}: {e.msg}); save one with `overseer probe --save FILE`") from None
+            raise UserInputError(f"--hardware {p}: not valid JSON (line {e.lineno}: {e.msg}); {hint}") from None
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(x) for x in first["loc"]) or "(top level)"
-            n = e.error_count()
-            more = f" (and {n - 1} more)" if n > 1 else ""
-            raise UserInputError(f"--hardware {p}: not a hardware profile: {where}: {first['msg']}{more}; save one with `overseer probe --save FILE`") from None
+            problems = [f"{'.'.join(str(x) for x in err['loc']) or '(top level)'}: {err['msg'].removeprefix('Value error, ')}"
+                        for err in e.errors()]
+            n = len(problems)  # every problem at once, so one edit fixes the file
+            raise UserInputError(f"--hardware {p}: not a valid hardware profile ({n} problem{'s' if n > 1 else ''}): "
+                                 f"{'; '.join(problems)}; {hint}") from None

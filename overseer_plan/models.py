@@ -10,6 +10,7 @@ online. Only configs are read: no weights are downloaded or allocated, ever.
 from __future__ import annotations
 
 import json
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -124,15 +125,67 @@ def _from_dict(data: Any, *, origin: str) -> PretrainedConfig:
         raise UserInputError(f"{origin}: not a Hugging Face config (no 'model_type' key); pass a model's config.json")
     data = dict(data)
     model_type = data.pop("model_type")
+    _check_model_type(model_type, origin)
+    _check_finite(data, origin)
     from overseer_plan.trace import quiet_transformers
 
     try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # huggingface_hub before strict dataclasses (transformers 4): nothing more to catch
+        StrictDataclassError = ValueError  # type: ignore[misc,assignment]
+    try:
         with quiet_transformers():  # its warnings about the values would break the one-line error below
             config = AutoConfig.for_model(model_type, **data)
-    except (ValueError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserInputError(f"{origin}: cannot build a config for model_type {model_type!r} ({first})") from None
+    except (ValueError, KeyError, TypeError, StrictDataclassError) as e:
+        # transformers 5 type-checks fields ("Validation error for field 'n_layer':\n TypeError: ...").
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise UserInputError(f"{origin}: cannot build a config for model_type {model_type!r} ({why})") from None
+    _check_sizes(config, origin)
     return config
+
+
+# The sizes every causal LM has under its standard name (config.attribute_map maps gpt2's n_embd
+# etc. onto them). A zero or negative one builds a config but crashes model construction later.
+_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+          "vocab_size", "max_position_embeddings", "head_dim")
+
+
+def _check_model_type(model_type: Any, origin: str) -> None:
+    """An unknown model_type names a few close matches, not transformers' list of all ~400."""
+    import difflib
+    from importlib.metadata import version
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING_NAMES:
+        return
+    close = difflib.get_close_matches(str(model_type), sorted(_causal_lm_types()), n=3)
+    hint = f" (close: {', '.join(close)})" if close else ""
+    raise UserInputError(
+        f"{origin}: unknown model_type {model_type!r}{hint}; check its spelling in config.json, or upgrade "
+        f"transformers ({version('transformers')} installed) if the model is newer"
+    )
+
+
+def _check_finite(data: dict[str, Any], origin: str, prefix: str = "") -> None:
+    """No NaN or infinity anywhere (JSON from Python may hold them); nested dicts such as rope_scaling too."""
+    for key, value in data.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserInputError(f"{origin}: {prefix}{key} must be a finite number (got {value}); fix config.json")
+        if isinstance(value, dict):
+            _check_finite(value, origin, prefix=f"{prefix}{key}.")
+
+
+def _check_sizes(config: PretrainedConfig, origin: str) -> None:
+    user_key = dict(getattr(config, "attribute_map", {}))  # standard name -> the one config.json uses
+    for name in _SIZES:
+        value = getattr(config, name, None)
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]  # a few models size each layer
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+            key = user_key.get(name, name)
+            raise UserInputError(f"{origin}: {key} must be a positive integer (got {value!r}); fix config.json")
 
 
 # Encoder families that transformers also registers under AutoModelForCausalLM, but only as the
@@ -157,10 +210,11 @@ def _check_causal_lm(config: PretrainedConfig, origin: str) -> PretrainedConfig:
 
 
 def _read_json_file(path: Path) -> PretrainedConfig:
+    from overseer_plan._io import read_user_text
+
+    text = read_user_text(path, what=str(path), hint="point --model at a model directory or its config.json")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserInputError(f"{path}: cannot read the file ({e.__class__.__name__}); check the path") from None
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserInputError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}; fix or re-download config.json") from None
     if isinstance(data, dict) and isinstance(data.get("config"), dict) and "model_type" not in data:
@@ -298,7 +352,8 @@ def _reference_key(text: str) -> str | None:
             stamp = f"catalogue:{entry.name}:{json.dumps(entry.config, sort_keys=True)}"
     except OSError:
         return None
-    return f"{stamp}\0transformers={version('transformers')}"
+    # The checks' version: configs indexed before _check_sizes existed must be built (and checked) again.
+    return f"{stamp}\0transformers={version('transformers')}\0checks=2"
 
 
 def _index_path(key: str) -> Path:

@@ -16,13 +16,14 @@ Rule kinds:
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from overseer_plan.errors import ConfigErrors
+from overseer_plan.errors import ConfigErrors, UserInputError
 from overseer_plan.units import parse_size
 
 Mode = Literal["standard", "resource-efficient"]
@@ -84,6 +85,10 @@ class Condition(_Strict):
             ops = [op for op in _OPS if self._op_value(op) is not None]
             if len(ops) != 1:
                 raise ValueError(f"condition on {self.fact!r} needs exactly one of {', '.join(_OPS)}")
+            ref = self._op_value(ops[0])
+            # Ordering a fact against a list or a word raises TypeError only when the doctor runs.
+            if ops[0] in ("lt", "le", "gt", "ge") and not _is_number(ref):
+                raise ValueError(f"condition on {self.fact!r}: {ops[0]} needs a number or a size such as '16GB' (got {ref!r})")
 
     def _op_value(self, op: str) -> Any:
         return self.in_ if op == "in" else getattr(self, op)
@@ -113,6 +118,10 @@ class Condition(_Strict):
             if ref is not None:
                 return _COMPARE[op](value, ref)
         raise AssertionError("validated condition without an operator")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class _Rule(_Strict):
@@ -238,9 +247,14 @@ def default_rules_dir() -> Path:
 def _read_file(path: Path, problems: list[str]) -> list[tuple[str, Any]]:
     import yaml
 
+    from overseer_plan._io import read_user_text
+
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
+        doc = yaml.safe_load(read_user_text(path, what=path.name, hint="fix or remove it"))
+    except UserInputError as e:
+        problems.append(str(e))
+        return []
+    except yaml.YAMLError as e:
         problems.append(f"{path.name}: cannot read: {str(e).splitlines()[0]}")
         return []
     if not isinstance(doc, dict) or not isinstance(doc.get("rules"), list):
@@ -267,7 +281,7 @@ def _describe(err: dict[str, Any]) -> str:
         loc = loc[1:]
     got = err.get("input")
     shown = f" (got {got!r})" if isinstance(got, (str, int, float, bool)) and err["type"] != "extra_forbidden" else ""
-    return f"{'.'.join(loc) or '(rule)'}: {err['msg']}{shown}"
+    return f"{'.'.join(loc) or '(rule)'}: {err['msg'].removeprefix('Value error, ')}{shown}"
 
 
 def load_rulebook(extra_dirs: tuple[str | Path, ...] | list[str | Path] = ()) -> Rulebook:
@@ -315,9 +329,17 @@ def _check_references(rules: dict[str, Any], origin: dict[str, str]) -> list[str
         conds = [getattr(r, a) for a in ("when", "check", "applies_when") if getattr(r, a, None) is not None]
         for fact in sorted(set().union(*(c.facts() for c in conds)) - set(FACTS)) if conds else []:
             problems.append(f"{Path(origin[rid]).name}: rule {rid}: unknown fact {fact!r} (known: see overseer_plan/facts.py)")
-        settings = dict(r.set) if r.kind == "preset" else {**r.change.set, **r.change.at_least} if r.kind == "ladder" else {}
-        if r.kind == "ladder" and r.change.halve:
-            settings[r.change.halve] = None
-        for name in sorted(set(settings) - fields):
-            problems.append(f"{Path(origin[rid]).name}: rule {rid}: unknown setting {name!r}")
+        where = f"{Path(origin[rid]).name}: rule {rid}"
+        values = [(f"set.{k}", k, v) for k, v in r.set.items()] if r.kind == "preset" else []
+        if r.kind == "ladder":
+            values += [(f"change.{part}.{k}", k, v) for part in ("set", "at_least")
+                       for k, v in getattr(r.change, part).items()]
+            if r.change.halve:
+                values.append(("change.halve", r.change.halve, None))
+        for key, name, value in values:
+            if name not in fields:
+                problems.append(f"{where}: unknown setting {name!r}")
+            elif key != "change.halve" and (why := TrainingConfig.setting_problem(name, value)):
+                # Checked here, not when a plan applies the rule: there it is a pydantic traceback.
+                problems.append(f"{where}: {key}: {why} (got {value!r})")
     return problems

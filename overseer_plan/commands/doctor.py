@@ -70,6 +70,9 @@ def doctor(
 
         overseer doctor --report > overseer-env.md   # paste into a bug report
     """
+    from overseer_plan._io import check_dir_option
+
+    check_dir_option(output_dir, flag="--output-dir")
     ctx.obj = DoctorOptions(hardware=hardware, output_dir=output_dir, data_dir=data_dir, rules=list(rules))
     if ctx.invoked_subcommand:
         return

@@ -60,9 +60,12 @@ def estimate_command(
     if calibrate:
         from overseer_plan.calibration import calibrate as run_calibration
         from overseer_plan.calibration import calibration_path
+        from overseer_plan.models import resolve
 
         if device == "cuda" and not _cuda_available():
             raise UserInputError("--calibrate --device cuda needs a CUDA GPU that torch can see; run it on the GPU machine")
+        # Calibrating takes minutes and replaces calibration.json: a bad --model must fail before it.
+        resolve(model)
         # With --device cuda only the GPU side is measured (seconds); otherwise the CPU side too.
         cal = run_calibration(cpu=device != "cuda")
         replay = (f"{cal.cpu.replay_constant_bytes / 2**20:.0f} MiB over the real-allocator replay"

@@ -7,6 +7,24 @@ from pathlib import Path
 import typer
 
 from overseer_plan.commands._common import handle_errors, print_json
+from overseer_plan.errors import UserInputError
+
+# The smallest --ram / --gpu-mem taken as meant: importing torch alone takes ~240 MiB of RAM
+# (calibration.DEFAULTS.import_rss_bytes) and a CUDA context ~290 MiB of device memory
+# (DEFAULTS.cuda.context_bytes), so less cannot train anything; it is nearly always a missing
+# unit (`--ram 8` is 8 bytes).
+_MIN_OVERRIDE_BYTES = 256 * 1024**2
+
+
+def _size(text: str | None, flag: str) -> int | None:
+    from overseer_plan.units import parse_size
+
+    if text is None:
+        return None
+    n = parse_size(text, what=flag)  # '' is an error too, not "no override"
+    if n < _MIN_OVERRIDE_BYTES:
+        raise UserInputError(f"{flag} {text!r} is only {n:,} bytes; give a unit, e.g. {flag} 8GiB (at least 256MiB)")
+    return n
 
 
 def _hardware(hardware: Path | None, ram: str | None, gpu_mem: str | None, gpus: int | None,
@@ -14,26 +32,25 @@ def _hardware(hardware: Path | None, ram: str | None, gpu_mem: str | None, gpus:
     """The machine to plan for: probed, or loaded, with command-line overrides applied."""
     from overseer_plan.hardware import Hardware
     from overseer_plan.overrides import with_overrides
-    from overseer_plan.units import parse_size
 
+    if cpu_only and gpus:
+        raise UserInputError(f"--gpus {gpus} and --cpu-only contradict each other; drop one")
+    if gpu_mem is not None and (cpu_only or gpus == 0):
+        flag = "--cpu-only" if cpu_only else "--gpus 0"
+        raise UserInputError(f"--gpu-mem has no GPU to apply to with {flag}; drop one of them")
+    ram_bytes, gpu_mem_bytes = _size(ram, "--ram"), _size(gpu_mem, "--gpu-mem")
     if hardware is not None:
         hw = Hardware.load(hardware)
     else:
         from overseer_plan.probe import probe
 
         hw = probe(output_dir=str(output_dir))
-    return with_overrides(
-        hw,
-        ram_bytes=parse_size(ram, what="--ram") if ram else None,
-        gpu_mem_bytes=parse_size(gpu_mem, what="--gpu-mem") if gpu_mem else None,
-        gpus=gpus, cpu_only=cpu_only,
-    )
+    return with_overrides(hw, ram_bytes=ram_bytes, gpu_mem_bytes=gpu_mem_bytes, gpus=gpus, cpu_only=cpu_only)
 
 
 def user_config(*, resource_efficient: bool, standard: bool, **settings):
     """A TrainingConfig holding only what the user set on the command line."""
     from overseer_plan.config import TrainingConfig
-    from overseer_plan.errors import UserInputError
 
     if resource_efficient and standard:
         raise UserInputError("--standard and --resource-efficient exclude each other; pick one")
@@ -74,9 +91,14 @@ def plan_command(
 
         overseer plan --model ./my-model --explain -o plan.yaml && overseer train --config plan.yaml
     """
+    from overseer_plan._io import check_dir_option, check_output_file
     from overseer_plan.plan import Workload, make_plan
     from overseer_plan.rules import load_rulebook
 
+    # Paths first: a bad -o must not cost a plan (a validated one takes seconds).
+    if output is not None:
+        check_output_file(output, flag="-o")
+    check_dir_option(output_dir, flag="--output-dir")
     book = load_rulebook(rules)
     cfg, mode = user_config(resource_efficient=resource_efficient, standard=standard, model=model,
                             batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
@@ -87,10 +109,13 @@ def plan_command(
     workload = Workload(model=model, config=cfg, mode=mode, num_processes=max(1, gpus or 1),
                         validate_plan=validate)
     plan = make_plan(hw, workload, book)
-    if output is not None:
+    if output is not None and plan.feasible:  # an infeasible plan would replace a good one with nothing to train
         from overseer_plan.plan_file import save_plan
 
-        save_plan(plan, output)
+        try:
+            save_plan(plan, output)
+        except OSError as e:
+            raise UserInputError(f"-o {output}: cannot write it ({e.strerror or e}); pick another path") from None
     if as_json:
         print_json(plan)
     else:
@@ -98,4 +123,7 @@ def plan_command(
 
         typer.echo(render_plan(plan, explain=explain))
     if not plan.feasible:
+        if output is not None:
+            kept = "left as it was" if output.exists() else "not created"
+            typer.echo(f"overseer: nothing fits, so no plan was written; {output} {kept}", err=True)
         raise typer.Exit(code=1)

@@ -29,11 +29,19 @@ def probe_command(
 
         overseer probe --json --save hardware.json   # then: overseer plan --hardware hardware.json
     """
+    from overseer_plan._io import check_dir_option, check_output_file
+    from overseer_plan.errors import UserInputError
     from overseer_plan.probe import probe
 
+    if save is not None:
+        check_output_file(save, flag="--save")
+    check_dir_option(output_dir, flag="--output-dir")
     hw = probe(output_dir=output_dir, data_dir=data_dir)
     if save is not None:
-        hw.save(save)
+        try:
+            hw.save(save)
+        except OSError as e:
+            raise UserInputError(f"--save {save}: cannot write it ({e.strerror or e}); pick another path") from None
     if json_out:
         print_json(hw)
     else:
