@@ -36,7 +36,11 @@ class SizeCapExceeded(UserInputError):
 
 def check_url(url: str, *, what: str = "data source") -> None:
     """Refuse anything but an http(s) URL with a host (file://, ftp://, bare paths, ...)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsed lazily: raises ValueError for a port that is not a number
+    except ValueError as e:  # e.g. "Invalid IPv6 URL" for 'https://[::1'
+        raise UserInputError(f"{what} {url!r}: not a valid URL ({e}); check the address") from None
     if parts.scheme.lower() not in ALLOWED_SCHEMES or not parts.netloc:
         raise UserInputError(
             f"{what} {url!r}: only http:// and https:// URLs can be downloaded "
@@ -51,6 +55,23 @@ class _NoErrorProcessing(urllib.request.HTTPErrorProcessor):
         return response
 
     https_response = http_response
+
+
+def looks_like_web_page(content_type: str | None, head: bytes = b"") -> bool:
+    """Whether a response is an HTML page (a login, error or landing page) rather than data.
+
+    Judged by the Content-Type header or by the first bytes of the body, since many servers send
+    pages as application/octet-stream or text/plain.
+    """
+    if content_type and content_type.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml"):
+        return True
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return start.startswith((b"<!doctype html", b"<html"))
+
+
+def web_page_error(url: str) -> UserInputError:
+    return UserInputError(f"{url} returned a web page (HTML), not data: check the URL (a login page or a link to a "
+                          "page about the file rather than the file itself?)")
 
 
 def describe_network_error(url: str, exc: BaseException, *, timeout_s: float) -> str:
@@ -309,6 +330,9 @@ class Transfer:
         raise UserInputError(describe_status(self.url, resp.status, resp.reason))
 
     def _receive(self, resp, start: int, meta: _PartMeta | None) -> Fetched:
+        if looks_like_web_page(resp.headers.get("Content-Type")):
+            self.discard()
+            raise web_page_error(self.url)
         total = _total_bytes(resp, start)
         if total is not None and total > self.max_bytes:
             self.discard()

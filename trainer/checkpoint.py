@@ -12,10 +12,15 @@ Writing: everything goes into `.tmp-checkpoint-<step>-<pid>/` in the same parent
 directory are fsynced, then one os.rename gives it its final name and the parent is fsynced. A crash
 or a full disk at any point leaves the previous checkpoints untouched and at most a temporary
 directory, which the next run removes.
+
+Deleting (rotation, or re-saving a step) first renames the checkpoint to a temporary name, so a
+deletion cut short by a signal or a crash never leaves a half-deleted `checkpoint-<step>` that a
+resume would pick; the next run removes the leftover like any other temporary directory.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -61,9 +66,7 @@ def save_checkpoint(run_dir: Path, step: int, *, model: Any, tokenizer: Any, sta
         (tmp / "run_config.yaml").write_text(config_yaml, encoding="utf-8")
         _fsync_tree(tmp)
         if final.exists():  # re-saving a step (e.g. after a resume): swap the old one out first
-            old = run_dir / f"{_TMP_PREFIX}{step}-old-{os.getpid()}"
-            os.rename(final, old)
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(final)
         os.rename(tmp, final)
         fsync_dir(run_dir)
     except BaseException:
@@ -73,8 +76,25 @@ def save_checkpoint(run_dir: Path, step: int, *, model: Any, tokenizer: Any, sta
     return final
 
 
+def pause_s() -> float:
+    """The test hook's delay in seconds (0 when unset).
+
+    Raises:
+        UserInputError: the variable is not a finite number >= 0 (checked when a run starts, so a typo
+            never surfaces at the first checkpoint, after the training it was meant to save).
+    """
+    raw = os.environ.get(PAUSE_ENV, "").strip()
+    try:
+        delay = float(raw or 0)
+    except ValueError:
+        delay = math.nan
+    if not 0 <= delay < math.inf:
+        raise UserInputError(f"{PAUSE_ENV}={raw!r}: not a number of seconds; unset it or give e.g. 0.3")
+    return delay
+
+
 def _pause() -> None:
-    delay = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    delay = pause_s()
     if delay > 0:
         time.sleep(delay)
 
@@ -97,7 +117,19 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 def _rotate(run_dir: Path, keep: int) -> None:
     for _step, path in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        try:
+            _discard(path)
+        except OSError:  # an old checkpoint that cannot be removed stays whole; the new one is written
+            pass
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint: one atomic rename (made durable) takes it out of `list_checkpoints`, then the files go."""
+    step = path.name.removeprefix("checkpoint-")
+    doomed = path.with_name(f"{_TMP_PREFIX}{step}-old-{os.getpid()}-{time.monotonic_ns()}")
+    os.rename(path, doomed)
+    fsync_dir(path.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def remove_partial(run_dir: Path) -> list[str]:
@@ -118,13 +150,36 @@ def load_state(path: Path) -> dict[str, Any]:
     """
     if not any((path / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json")):
         raise ValueError(f"{path.name}: no model.safetensors")
+    check_weights(path)
     try:
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a truncated or foreign file
-        raise ValueError(f"{path.name}: {STATE_FILE} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        raise ValueError(f"{path.name}: {STATE_FILE} is unreadable ({_first_line(e)})") from None
     if not isinstance(state, dict) or "step" not in state:
         raise ValueError(f"{path.name}: {STATE_FILE} has no training state")
     return state
+
+
+def check_weights(path: Path) -> None:
+    """Raise ValueError when a weight file's header does not describe the bytes on disk.
+
+    safe_open reads only the header and checks that its tensors end exactly at the end of the
+    file, so a truncated file fails here (cheaply) instead of inside the resume.
+    """
+    from safetensors import safe_open
+
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(f, framework="pt") as fh:
+                fh.keys()
+        except Exception as e:  # SafetensorError, OSError, ...: all mean the file cannot be used
+            raise ValueError(f"{path.name}: {f.name} is unreadable ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    """'Type: first line of the message', also for exceptions with an empty message."""
+    first = (str(e).strip().splitlines() or [""])[0][:120]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def latest_loadable(run_dir: Path) -> tuple[Path, dict[str, Any], list[str]] | None:

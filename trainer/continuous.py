@@ -173,6 +173,9 @@ class _Session:
         return "rounds"
 
     def _check_start(self) -> None:
+        from trainer.runlog import make_run_dir
+
+        make_run_dir(self.run_dir)  # an --output that cannot be a directory: one line, before the manifest is written
         found = ckpt.list_checkpoints(self.run_dir)
         if not self.manifest.rounds and found and not self.resume:
             raise UserInputError(f"--output {self.run_dir} holds {found[-1][1].name} but no {MANIFEST_NAME}: pass "
@@ -365,6 +368,10 @@ def _latest_checkpoint(run_dir: Path) -> _Checkpoint | None:
     from trainer.tokenizer import encoder_for, load_tokenizer
 
     for _step, path in reversed(ckpt.list_checkpoints(run_dir)):
+        try:  # weights present and whole (headers against sizes), as the loop's resume checks
+            ckpt.check_weights(path)
+        except Exception:
+            continue
         if not (path / "model.safetensors").is_file() and not (path / "model.safetensors.index.json").is_file():
             continue
         try:  # mmap: reading the step and config must not pull the optimizer state into RAM

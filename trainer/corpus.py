@@ -77,6 +77,9 @@ def find_sources(paths: list[str]) -> list[Source]:
             out.append(Source(p, "hf-dataset"))
         elif p.is_dir():
             out.extend(_walk(p))
+        elif not p.is_file():  # /dev/zero, a pipe: endless or readable once, and hashed before it is read
+            raise UserInputError(f"--data {raw}: not a regular file or a directory (a device or a pipe?); give a "
+                                 "text file or a directory")
         else:
             out.append(Source(p, "jsonl" if p.suffix.lower() in JSONL_SUFFIXES else "text"))
     if not out:

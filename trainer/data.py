@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,11 @@ def prepare_data(sources: list[Source], encoder: TextEncoder, *, block_len: int,
         UserInputError: the corpus is empty or too small for one training block and one eval block.
     """
     cache_dir = Path(cache_dir or default_cache_dir())
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserInputError(f"token cache {cache_dir}: cannot create it ({e.strerror or e}); set OVERSEER_CACHE_DIR "
+                             "to a writable directory") from None
     key = _cache_key(sources, encoder, block_len)
     path, meta = cache_dir / f"{key}.tokens", cache_dir / f"{key}.json"
     if not (path.is_file() and meta.is_file()):
@@ -200,7 +206,17 @@ def train_loader(data: TokenData, *, global_batch: int, seed: int, start_step: i
                                total_steps=total_steps, rank=rank, world=world)
     return torch.utils.data.DataLoader(PackedBlocks(data), batch_sampler=sampler, num_workers=num_workers,
                                        pin_memory=pin_memory, collate_fn=torch.stack,
-                                       persistent_workers=False, prefetch_factor=2 if num_workers else None)
+                                       worker_init_fn=_ignore_stop_signals, persistent_workers=False,
+                                       prefetch_factor=2 if num_workers else None)
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    # `docker stop`, systemd and `timeout` signal the whole process group. A worker killed by SIGTERM
+    # makes torch raise "DataLoader worker is killed" in the main process at any line, even inside
+    # checkpoint rotation; so workers ignore SIGTERM/SIGINT, the main process stops gracefully and
+    # ends them (they also exit by themselves once the main process is gone).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def eval_batches(data: TokenData, *, batch_size: int, max_batches: int) -> Iterator[torch.Tensor]:

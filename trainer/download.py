@@ -241,6 +241,10 @@ def _promote(
         raise UserInputError(
             f"sha256 mismatch for {fetch.url}: expected {expected}, got {got.sha256}; the download was discarded"
         )
+    with open(fetch.part, "rb") as f:
+        if _http.looks_like_web_page(None, f.read(512)):
+            fetch.discard()
+            raise _http.web_page_error(fetch.url)
     key_dir, name = fetch.target.parent, fetch.target.name
     version_dir = key_dir / got.sha256[:16]
     version_dir.mkdir(exist_ok=True)

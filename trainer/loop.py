@@ -42,6 +42,7 @@ from overseer_plan.config import TrainingConfig
 from overseer_plan.errors import OverseerError, UserInputError
 from trainer import checkpoint as ckpt
 from trainer.data import eval_batches, prepare_data, steps_per_epoch, train_loader
+from trainer.model import DEFAULT_MODEL
 from trainer.monitor import ResourceMonitor
 from trainer.oom import OomPolicy, free_memory, step_up
 from trainer.optim import make_optimizer
@@ -142,13 +143,19 @@ class _Injector:
     step hooks at chosen step calls (see INJECT_ENV)."""
 
     def __init__(self, spec: str | None):
-        items = [x for x in (spec or "").replace(" ", "").split(",") if x]
-        self.at = {int(x) for x in items if x.isdigit()}
+        """Raises UserInputError for an entry that is not N, opt:N, optpost:N or sticky:N."""
+        found: dict[str, set[int]] = {"": set(), "sticky": set(), "opt": set(), "optpost": set()}
+        for item in (x for x in (spec or "").replace(" ", "").split(",") if x):
+            kind, _, index = item.rpartition(":")
+            if kind not in found or not index.isdigit():
+                raise UserInputError(f"{INJECT_ENV}={spec!r}: {item!r} is not N, opt:N, optpost:N or sticky:N "
+                                     "(N a micro-step or step index); fix or unset it")
+            found[kind].add(int(index))
+        self.at = found[""]
         first_process = os.environ.get(RESTART_ENV, "0") == "0"
-        self.sticky = {int(x[7:]) for x in items if x.startswith("sticky:")} if first_process else set()
+        self.sticky = found["sticky"] if first_process else set()
         self.sticky_armed = False
-        self.opt_pre = {int(x[4:]) for x in items if x.startswith("opt:")}
-        self.opt_post = {int(x[8:]) for x in items if x.startswith("optpost:")}
+        self.opt_pre, self.opt_post = found["opt"], found["optpost"]
         self.armed = False
         self.step_calls = 0
 
@@ -196,6 +203,8 @@ class Trainer:
         self._stop_signal: int | None = None
         self._old_handlers: dict[int, Any] = {}
         self._hook = None
+        self._monitor_failure_said = False
+        self._saved_step: int | None = None  # the step of the last checkpoint this process wrote
         self.losses: list[float] = []
 
     # ------------------------------------------------------------------ setup
@@ -204,14 +213,22 @@ class Trainer:
 
         from trainer.model import load_model
 
-        self.log = RunLog(self.run_dir)
+        # Bad environment variables and a bad --output fail here, before anything in the run directory changes.
+        ckpt.pause_s()
+        self.injector = _Injector(os.environ.get(INJECT_ENV))
+        self._open_run_dir()
         for name in ckpt.remove_partial(self.run_dir):
             self.log.event("partial_checkpoint_removed", name=name)
         self.log.event("process_start", pid=os.getpid(), argv=os.sys.argv[:12])
         cfg = self.config
         # accelerate places the model and runs autocast/loss scaling; `cpu=True` honours --cpu-only.
-        self.accelerator = Accelerator(cpu=not cfg.use_gpu, mixed_precision=self._precision(cfg))
+        precision = self._precision(cfg)
+        self.accelerator = Accelerator(cpu=not cfg.use_gpu, mixed_precision=precision)
         self.device = self.accelerator.device
+        if cfg.mixed_precision and precision == "no":
+            self._say(f"mixed precision ({cfg.mixed_precision_dtype}, from the {cfg.mode} preset) runs as fp32 on the "
+                      "CPU: 16-bit autocast there is slower and saves little memory (`overseer doctor oom` shows the "
+                      "estimated effect); set mixed_precision explicitly to use it anyway")
         loaded = load_model(cfg.model, attention=cfg.attention, seed=cfg.seed)
         self.loaded, self.model, self.tokenizer = loaded, loaded.model, loaded.tokenizer
         for note in loaded.notes:
@@ -222,6 +239,9 @@ class Trainer:
             cfg = cfg.with_changes(**_rung_fields(state["config"]))
         self.config = cfg
         self._setup_data(cfg, state)
+        if state is not None and self.step > self.total_steps:
+            raise UserInputError(f"{self.resume_path.name} is already at step {self.step}; pass --max-steps above "
+                                 f"{self.step} to train further")
         self._setup_optimizer(cfg)
         if state is not None:
             self._restore(state)
@@ -230,6 +250,18 @@ class Trainer:
         self._install_injector()
         self._start_monitor(cfg)
         self._install_signal_handlers()
+
+    def _open_run_dir(self) -> None:
+        """Create the run directory and its logs; refuse one that holds another run's checkpoints.
+
+        Training into it without --resume would overwrite some of those checkpoints and keep the
+        others, so a later --resume would continue a mix of two runs.
+        """
+        found = ckpt.list_checkpoints(self.run_dir)
+        if found and not self.resume:
+            raise UserInputError(f"--output {self.run_dir} already holds checkpoints of a run ({found[-1][1].name}); "
+                                 "pass --resume to continue it, or choose a new --output")
+        self.log = RunLog(self.run_dir)  # a file, a device or an uncreatable path: a one-line UserInputError
 
     def _precision(self, cfg: TrainingConfig) -> str:
         # Autocast on CPU is only worth it with native bf16 (AVX512-BF16/AMX); fp16 autocast on CPU is
@@ -303,7 +335,16 @@ class Trainer:
             raise UserInputError(
                 f"{self.resume_path.name} was trained with optimizer {saved_optimizer}, this run asks for "
                 f"{self.config.optimizer}; resume with optimizer: {saved_optimizer}, or start a new run (another --output)")
-        load_safetensors(self.model, str(self.resume_path / "model.safetensors"), strict=False)
+        saved_model = state.get("config", {}).get("model") or DEFAULT_MODEL
+        try:
+            missing, unexpected = load_safetensors(self.model, str(self.resume_path / "model.safetensors"), strict=False)
+        except RuntimeError:  # torch: "size mismatch for ..."
+            missing, unexpected = ["shapes"], []
+        ignored = set(getattr(self.model, "_keys_to_ignore_on_save", None) or ())  # never saved, so never loaded
+        if unexpected or set(missing) - ignored:
+            raise UserInputError(
+                f"{self.resume_path.name} was written by another model ({saved_model}; its weights do not fit "
+                f"{self.loaded.name}); resume with --model {saved_model}, or start a new run (another --output)")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
@@ -313,7 +354,6 @@ class Trainer:
         self._say(f"resuming from {self.resume_path.name} (step {self.step} of {self.total_steps})")
 
     def _install_injector(self) -> None:
-        self.injector = _Injector(os.environ.get(INJECT_ENV))
         if self.injector.at or self.injector.sticky:
             # Hook a block in the middle so the failure leaves a partial graph behind, like a real OOM.
             target = _middle_block(self.accelerator.unwrap_model(self.model))
@@ -360,6 +400,10 @@ class Trainer:
             self.log.event("eval", eval_loss=self.initial_eval, perplexity=_ppl(self.initial_eval),
                            seconds=round(time.time() - t_eval, 3))
         self.last_eval = self.initial_eval
+        if self.step >= self.total_steps:  # resumed at the end: the run that got here keeps its summary
+            self._say(f"{self.resume_path.name} is already at step {self.step} of {self.total_steps}: nothing to "
+                      f"train (pass --max-steps above {self.step} to train further)")
+            return self._result(interrupted=False)
         self.stable_steps, window = 0, {"loss": 0.0, "n": 0, "tokens": 0, "t": time.time()}
         self.reporter.start(start_step=self.step, total_steps=self.total_steps)
         batches = iter(train_loader(self.data, global_batch=self.global_blocks, seed=cfg.seed, start_step=self.step,
@@ -396,7 +440,9 @@ class Trainer:
                 return self._finish(interrupted=True)
         if self.step % self.config.eval_steps:
             self.last_eval = self._evaluate()
-        if not ckpt.list_checkpoints(self.run_dir) or ckpt.list_checkpoints(self.run_dir)[-1][0] != self.step:
+        # Not "the newest checkpoint has this step": after a resume that skipped a corrupt checkpoint-N,
+        # that corrupt one has this step and must be replaced.
+        if self._saved_step != self.step:
             self._checkpoint(reason="end")
         return self._finish(interrupted=False)
 
@@ -574,6 +620,10 @@ class Trainer:
             self._maybe_scale_up()
 
     def _react_to_monitor(self) -> None:
+        if self.monitor and self.monitor.failure and not self._monitor_failure_said:
+            self._monitor_failure_said = True
+            self._say(f"the resource monitor stopped ({self.monitor.failure}); training goes on without "
+                      "memory-pressure checks")
         pressure = self.monitor.poll() if self.monitor else None
         if pressure is None:
             return
@@ -689,6 +739,7 @@ class Trainer:
             self.log.event("checkpoint_failed", error=f"{e.strerror or e}", errno=e.errno, kept=kept)
             raise CheckpointError(f"could not write checkpoint-{self.step} in {self.run_dir}: {e.strerror or e}; "
                                   f"previous checkpoint kept: {kept}") from None
+        self._saved_step = self.step
         self.log.event("checkpoint", path=path.name, reason=reason)
 
     def _finish(self, *, interrupted: bool) -> TrainResult:

@@ -87,13 +87,16 @@ def load_model(name: str | None, *, attention: str = "sdpa", seed: int = 42) -> 
     notes: list[str] = []
     has_weights = local is not None and any((local / f).is_file() for f in _WEIGHT_FILES)
     if has_weights:
-        model = AutoModelForCausalLM.from_pretrained(str(local), config=config, trust_remote_code=False,
-                                                     attn_implementation=attention, dtype=torch.float32)
+        model = _from_local_weights(name, local, config, attention)
     elif local is None and name != DEFAULT_MODEL and not _in_catalogue(name):
         model = _from_hub(name, config, attention)
     else:
         torch.manual_seed(seed)  # same seed, same initial weights
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=attention, trust_remote_code=False)
+        try:
+            model = AutoModelForCausalLM.from_config(config, attn_implementation=attention, trust_remote_code=False)
+        except Exception:
+            _raise_if_bad_config(name, config)  # e.g. a negative size in config.json; else a real failure
+            raise
         where = f"in {local}" if local else f"for catalogue model {name}"
         notes.append(f"no weights {where}: training from scratch (random initialisation)")
     tokenizer = _tokenizer_for(name, local, config, notes)
@@ -101,6 +104,51 @@ def load_model(name: str | None, *, attention: str = "sdpa", seed: int = 42) -> 
     if attention_note:
         notes.append(attention_note)
     return LoadedModel(model, tokenizer, name, from_scratch=from_scratch, notes=notes)
+
+
+def _from_local_weights(name: str, local: Path, config: Any, attention: str) -> Any:
+    """from_pretrained on a local directory; a corrupt, foreign or unbuildable one is a one-line error."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    weights = next(local / f for f in _WEIGHT_FILES if (local / f).is_file())
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(local), config=config, trust_remote_code=False, attn_implementation=attention, dtype=torch.float32,
+            output_loading_info=True)
+    except MemoryError:
+        raise
+    except Exception as e:  # a truncated or foreign file raises many types (SafetensorError, UnpicklingError, ...)
+        _raise_if_bad_config(name, config)
+        raise UserInputError(f"--model {name}: cannot read {weights} ({_first_line(e)}); replace the file, or "
+                             "remove the weight files to train from scratch") from None
+    mismatched = {k[0] if isinstance(k, (tuple, list)) else k for k in info.get("mismatched_keys", ())}
+    if not set(model.state_dict()) - set(info.get("missing_keys", ())) - mismatched:
+        # Training would start from random weights while the log says "pretrained".
+        raise UserInputError(f"--model {name}: no weight in {weights} fits its config.json ({config.model_type}); "
+                             "the weights belong to another model: use the config.json they came with")
+    return model
+
+
+def _raise_if_bad_config(name: str, config: Any) -> None:
+    """After a failed load: a UserInputError when the config alone cannot build a model.
+
+    Built on the meta device, which allocates nothing, so an out-of-memory is not taken for a bad config.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except Exception as e:  # whatever the constructor raises, the config is what is wrong
+        raise UserInputError(f"--model {name}: its config cannot build a model ({_first_line(e)}); fix "
+                             "config.json") from None
+
+
+def _first_line(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0][:160]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _in_catalogue(name: str) -> bool:

@@ -96,6 +96,8 @@ class ResourceMonitor:
         self.last: dict[str, Any] = {}
         self.peak: dict[str, float] = {}
         self.samples = 0
+        self.failure: str | None = None
+        """Why the thread stopped early (None while it runs or after a clean stop); the loop reports it."""
 
     def start(self) -> None:
         psutil.cpu_percent(None)  # prime: the first call compares against this moment
@@ -109,11 +111,17 @@ class ResourceMonitor:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.sample()
-            except Exception as e:  # a failed reading is logged, never fatal
-                self.on_event("monitor_error", {"error": f"{type(e).__name__}: {e}"})
+        try:
+            # Event.wait raises OverflowError above threading.TIMEOUT_MAX (e.g. an interval of .inf).
+            wait_s = min(self.interval_s, threading.TIMEOUT_MAX)
+            while not self._stop.wait(wait_s):
+                try:
+                    self.sample()
+                except Exception as e:  # a failed reading is logged, never fatal
+                    self.on_event("monitor_error", {"error": f"{type(e).__name__}: {e}"})
+        except Exception as e:  # a dead monitor must be visible: training goes on without pressure checks
+            self.failure = f"{type(e).__name__}: {e}"
+            self.on_event("monitor_stopped", {"error": self.failure})
 
     def sample(self) -> dict[str, Any]:
         """Take one sample now: record it, update peaks, raise the pressure flag if needed."""

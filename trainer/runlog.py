@@ -9,18 +9,37 @@ from pathlib import Path
 from typing import Any
 
 from overseer_plan._io import atomic_write_text
+from overseer_plan.errors import UserInputError
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Create the run directory (and its parents).
+
+    Raises:
+        UserInputError: the path is a file or a device, or cannot be created (read-only, /proc, ...).
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserInputError(f"--output {run_dir}: exists and is not a directory; choose a directory path")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserInputError(f"--output {run_dir}: cannot create the run directory ({e.strerror or e}); choose a "
+                             "writable path") from None
 
 
 class RunLog:
     """Appends metric rows and events; thread-safe (the monitor thread writes events too)."""
 
     def __init__(self, run_dir: Path):
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(run_dir)
         self.run_dir = run_dir
         self._lock = threading.Lock()
-        # Append: a resumed run continues the same files.
-        self._metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        self._events = open(run_dir / "events.jsonl", "a", encoding="utf-8")
+        try:  # append: a resumed run continues the same files
+            self._metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+            self._events = open(run_dir / "events.jsonl", "a", encoding="utf-8")
+        except OSError as e:
+            raise UserInputError(f"--output {run_dir}: cannot write the run's logs there ({e.strerror or e}); choose "
+                                 "a writable directory") from None
         self.step = 0
         self.counts: dict[str, int] = {}
 

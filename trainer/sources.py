@@ -52,7 +52,13 @@ def default_data_cache_dir() -> Path:
     from overseer_plan._io import cache_root
 
     env = os.environ.get(DATA_CACHE_ENV)
-    return Path(env) if env else cache_root() / "data"
+    path = Path(env).expanduser() if env else cache_root() / "data"
+    # The nearest existing folder on the path must be a folder, or every later mkdir fails with a traceback.
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        var = DATA_CACHE_ENV if env else "OVERSEER_CACHE_DIR"
+        raise UserInputError(f"{var}: {existing} is not a directory; point {var} at a directory or unset it")
+    return path
 
 
 class ContentHasher:
