@@ -80,6 +80,8 @@ def train_command(
                              f"{_MAX_WATCH_INTERVAL_S} (a day)")
     flags = _flags(locals())
     config = _build_config(flags, config_file, training_config, standard=standard, resource_efficient=resource_efficient)
+    if not (resume or continuous or "output_dir" in config.explicit_fields()):
+        config = _fresh_default_run_dir(config)
     mode = "standard" if standard else "resource-efficient" if resource_efficient else None
     # --auto is the default; --config alone trains as the file says (a plan file is already fitted).
     use_auto = auto or not (standard or resource_efficient or config_file)
@@ -157,6 +159,24 @@ def _build_config(flags: dict[str, Any], config_file: Path | None, training_conf
     return TrainingConfig.from_dict({**base, **flags}, what="the train options")
 
 
+def _fresh_default_run_dir(config: Any) -> Any:
+    """With no --output, a new run never lands on an earlier one: the next free `run-N` beside it.
+
+    (An --output the user names that holds checkpoints is refused by the trainer instead.)
+    """
+    from trainer.checkpoint import list_checkpoints
+
+    default = Path(config.output_dir)
+    if not list_checkpoints(default):
+        return config
+    n = 2
+    while (fresh := default.with_name(f"{default.name}-{n}")).exists():
+        n += 1
+    typer.echo(f"overseer: {default} holds an earlier run; this one goes to {fresh} (--resume continues that one, "
+               "--output chooses)", err=True)
+    return config.with_changes(output_dir=str(fresh))
+
+
 def load_training_config_py(path: Path) -> Any:
     """The `config` a training_config.py defines (the spec's way to customise a run).
 
@@ -195,13 +215,13 @@ def _run(run: Any, config: Any, **kwargs: Any) -> Any:
     try:
         return run(config, reporter=reporter, **kwargs)
     except RestartRequired as e:
-        _restart_or_fail(e)
+        _restart_or_fail(e, config.output_dir)
         raise
     finally:
         reporter.close()
 
 
-def _restart_or_fail(error: Exception) -> None:
+def _restart_or_fail(error: Exception, run_dir: Any = None) -> None:
     """After a sticky device error, replace this process with a fresh one that resumes (bounded)."""
     from trainer.run import MAX_RESTARTS, RESTART_ENV, restart_count
 
@@ -210,6 +230,8 @@ def _restart_or_fail(error: Exception) -> None:
         return  # handle_errors prints the message and exits 75
     typer.echo(f"overseer: {error}; restart {done + 1} of {MAX_RESTARTS}", err=True)
     argv = [a for a in sys.argv[1:] if a != "--resume"] + ["--resume"]
+    if run_dir is not None and "--output" not in argv:  # resume this run, not one its default directory held
+        argv += ["--output", str(run_dir)]
     os.environ[RESTART_ENV] = str(done + 1)
     sys.stdout.flush()
     sys.stderr.flush()

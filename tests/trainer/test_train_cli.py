@@ -111,3 +111,21 @@ def test_auto_keeps_the_requested_effective_batch(tmp_path, monkeypatch):
     assert summary["effective_batch_size"] == 8 and summary["device"] == "cpu"
     assert any(e["event"] == "note" and e["text"].startswith(("plan:", "planner")) for e in
                read_jsonl(tmp_path / "run" / "events.jsonl"))
+
+
+def test_a_second_run_without_output_never_lands_on_the_first(tmp_path, monkeypatch):
+    model, data = tiny_model_dir(tmp_path), tiny_corpus(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the default --output, overseer-runs/run, is relative
+    args = ["--resource-efficient", "--model", str(model), "--data", str(data), "--max-steps", "1", "--batch-size", "2",
+            "--gradient-accumulation-steps", "1", "--max-sequence-length", "64", "--cpu-only"]
+    first = _invoke(args, tmp_path, monkeypatch)
+    assert first.exit_code == 0, first.output
+    before = sorted(p.name for p in (tmp_path / "overseer-runs" / "run").iterdir())
+    second = _invoke(args, tmp_path, monkeypatch)
+    assert second.exit_code == 0, second.output
+    assert "holds an earlier run; this one goes to overseer-runs/run-2" in second.output
+    assert json.loads((tmp_path / "overseer-runs" / "run-2" / "summary.json").read_text())["optimizer_steps"] == 1
+    assert sorted(p.name for p in (tmp_path / "overseer-runs" / "run").iterdir()) == before  # untouched
+    # A named --output holding checkpoints is refused instead, with nothing in it changed.
+    named = _invoke([*args, "--output", "overseer-runs/run"], tmp_path, monkeypatch)
+    _one_line_error(named, "already holds checkpoints", "--resume")
