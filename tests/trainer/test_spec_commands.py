@@ -146,3 +146,18 @@ def test_rungs_are_checked_against_the_estimate_without_auto_too() -> None:
     check = _machine_check(config)
     assert check is not None and check(config.with_changes(batch_size=1, max_sequence_length=64))
     assert not check(config.with_changes(batch_size=4096, max_sequence_length=512))  # terabytes of activations
+
+
+def test_method_1_with_a_python_that_lacks_overseer_uses_setups_venv(tmp_path: Path) -> None:
+    import pytest
+
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    venv = ROOT / ".venv" / "bin" / "python"
+    env = {k: v for k, v in _env(tmp_path).items() if k != "PYTHONPATH"}
+    if not (base.is_file() and venv.is_file()) or subprocess.run(
+            [str(base), "-c", "import typer"], capture_output=True, env=env).returncode == 0:
+        pytest.skip("needs setup.sh's .venv and a base python without Overseer's dependencies")
+    p = subprocess.run([str(base), str(ROOT / "main_training.py"), "--max-steps", "0"],
+                       capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    # The venv's overseer parsed the flags: its one-line usage error, not an ImportError.
+    assert p.returncode == 2 and "--max-steps" in p.stderr and "Traceback" not in p.stderr, p.stderr
