@@ -78,6 +78,10 @@ def train_command(
     if watch_interval is not None and not 0 < watch_interval <= _MAX_WATCH_INTERVAL_S:
         raise UserInputError(f"--watch-interval {watch_interval:g}: give a number of seconds above 0 and at most "
                              f"{_MAX_WATCH_INTERVAL_S} (a day)")
+    empty = [flag for flag, value in (("--model", model), ("--output", output), ("--data", "" if "" in data else None),
+                                      ("--download-data", "" if "" in download_from else None)) if value == ""]
+    if empty:  # an empty path would quietly mean the current directory
+        raise UserInputError(f"{', '.join(empty)}: empty value; give a path (or leave the option out)")
     flags = _flags(locals())
     config = _build_config(flags, config_file, training_config, standard=standard, resource_efficient=resource_efficient)
     if not (resume or continuous or "output_dir" in config.explicit_fields()):

@@ -129,3 +129,8 @@ def test_a_second_run_without_output_never_lands_on_the_first(tmp_path, monkeypa
     # A named --output holding checkpoints is refused instead, with nothing in it changed.
     named = _invoke([*args, "--output", "overseer-runs/run"], tmp_path, monkeypatch)
     _one_line_error(named, "already holds checkpoints", "--resume")
+
+
+@pytest.mark.parametrize("args", [["--data", ""], ["--output", ""], ["--model", ""]])
+def test_an_empty_path_is_refused_not_read_as_the_current_directory(tmp_path, monkeypatch, args):
+    _one_line_error(_invoke(args, tmp_path, monkeypatch), args[0], "empty value")
