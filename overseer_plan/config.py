@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, Val
 from overseer_plan.errors import ConfigErrors, UserInputError
 
 Precision = Literal["fp32", "fp16", "bf16"]
+NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 class TrainingConfig(BaseModel):
@@ -38,11 +39,12 @@ class TrainingConfig(BaseModel):
     """Use the resource-efficient preset (smaller batches, checkpointing, lower thresholds)."""
     model: str | None = None
     """Model: catalogue name, HF hub id or local directory; None trains the embedded default."""
-    data: list[str] = Field(default_factory=list)
+    # Empty paths are refused: '' would quietly mean the current directory.
+    data: list[NonEmpty] = Field(default_factory=list)
     """Local training data: text/Markdown files or directories, JSONL with 'text', saved HF datasets."""
-    data_sources: list[str] = Field(default_factory=list)
+    data_sources: list[NonEmpty] = Field(default_factory=list)
     """Sources for --download-data: http(s) URLs (files or .tar.gz/.zip) or HF dataset ids."""
-    output_dir: str = "overseer-runs/run"
+    output_dir: NonEmpty = "overseer-runs/run"
     """Run directory: checkpoints, metrics.jsonl, events.jsonl, summary.json."""
 
     # ---- the preset's settings (None until the preset fills them) ----

@@ -7,6 +7,7 @@ with no rung left on the ladder (see `overseer doctor oom`); 75 a sticky device 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -84,17 +85,29 @@ def train_command(
         raise UserInputError(f"{', '.join(empty)}: empty value; give a path (or leave the option out)")
     flags = _flags(locals())
     config = _build_config(flags, config_file, training_config, standard=standard, resource_efficient=resource_efficient)
-    if not (resume or continuous or "output_dir" in config.explicit_fields()):
-        config = _fresh_default_run_dir(config)
+    if not (resume or output):
+        config = _fresh_default_run_dir(config, continuous=continuous)
+    # A settings file that picks the mode (the spec's `config.resource_efficient_mode = True`) means
+    # what the mode flag means: that preset under the file's settings, not a fit by the planner.
+    picked = "resource_efficient_mode" in config.explicit_fields() and not (auto or standard or resource_efficient)
+    if picked:
+        standard, resource_efficient = not config.resource_efficient_mode, config.resource_efficient_mode
     mode = "standard" if standard else "resource-efficient" if resource_efficient else None
     # --auto is the default; --config alone trains as the file says (a plan file is already fitted).
     use_auto = auto or not (standard or resource_efficient or config_file)
     source = list(download_from) or (True if download_data else None)
-    out = _run(run_pipeline, config, auto=use_auto, mode=mode, resume=resume, download_source=source,
-               continuous=continuous, rounds=rounds, watch_interval_s=watch_interval)
+    try:
+        with _sigterm_as_interrupt():
+            out = _run(run_pipeline, config, auto=use_auto, mode=mode, resume=resume, download_source=source,
+                       continuous=continuous, rounds=rounds, watch_interval_s=watch_interval)
+    except KeyboardInterrupt:  # before the trainer took over the signals: nothing to save yet
+        typer.echo("stopped by signal before training started", err=True)
+        raise typer.Exit(code=EXIT_INTERRUPTED) from None
     if out.result is not None:
         _print_summary(out.result)
     if out.interrupted:
+        if out.result is None or not out.result.interrupted:
+            typer.echo("stopped by signal between rounds; run the same command to go on", err=True)
         raise typer.Exit(code=EXIT_INTERRUPTED)
 
 
@@ -163,15 +176,21 @@ def _build_config(flags: dict[str, Any], config_file: Path | None, training_conf
     return TrainingConfig.from_dict({**base, **flags}, what="the train options")
 
 
-def _fresh_default_run_dir(config: Any) -> Any:
+def _fresh_default_run_dir(config: Any, *, continuous: bool) -> Any:
     """With no --output, a new run never lands on an earlier one: the next free `run-N` beside it.
 
-    (An --output the user names that holds checkpoints is refused by the trainer instead.)
+    Only for the default directory (a plan file records it too); an --output the user names that
+    holds checkpoints is refused by the trainer instead. Continuous learning goes on in a directory
+    whose manifest it wrote.
     """
+    from overseer_plan.config import TrainingConfig
     from trainer.checkpoint import list_checkpoints
+    from trainer.rounds import MANIFEST_NAME
 
     default = Path(config.output_dir)
-    if not list_checkpoints(default):
+    if config.output_dir != TrainingConfig.model_fields["output_dir"].default or not list_checkpoints(default):
+        return config
+    if continuous and (default / MANIFEST_NAME).is_file():
         return config
     n = 2
     while (fresh := default.with_name(f"{default.name}-{n}")).exists():
@@ -193,7 +212,8 @@ def load_training_config_py(path: Path) -> Any:
 
     what = f"--training-config {path}"
     if not Path(path).is_file():
-        raise UserInputError(f"{what}: no such file; give the path of a training_config.py")
+        problem = "is a directory" if Path(path).is_dir() else "no such file"
+        raise UserInputError(f"{what}: {problem}; give the path of a training_config.py")
     from pydantic import ValidationError
 
     try:
@@ -203,6 +223,9 @@ def load_training_config_py(path: Path) -> Any:
     except ValidationError as e:  # an assignment TrainingConfig refused
         problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
         raise UserInputError(f"{what}{_user_line(e, path)}: {problems}") from None
+    except SystemExit as e:  # sys.exit() in a settings file must not end the run silently, with its code
+        raise UserInputError(f"{what}{_user_line(e, path)}: it called sys.exit({e.code!r}); a settings file only "
+                             "assigns `config`") from None
     except Exception as e:  # noqa: BLE001 - the user's code: name what went wrong, in one line
         first = (str(e).strip().splitlines() or [""])[0]
         raise UserInputError(f"{what}{_user_line(e, path)}: running it failed ({type(e).__name__}: {first})") from None
@@ -210,6 +233,30 @@ def load_training_config_py(path: Path) -> Any:
     if not isinstance(config, TrainingConfig):
         raise UserInputError(f"{what}: it must set `config = TrainingConfig()` (from overseer_plan import TrainingConfig)")
     return config
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM (docker stop, systemd) outside the training loop stops the command like Ctrl-C.
+
+    The trainer installs its own handler while it trains (checkpoint, then exit 130) and puts this
+    one back; between continuous-learning rounds, SIGTERM would otherwise kill the process outright.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _run(run: Any, config: Any, **kwargs: Any) -> Any:

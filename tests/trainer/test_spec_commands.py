@@ -161,3 +161,48 @@ def test_method_1_with_a_python_that_lacks_overseer_uses_setups_venv(tmp_path: P
                        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     # The venv's overseer parsed the flags: its one-line usage error, not an ImportError.
     assert p.returncode == 2 and "--max-steps" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_sigterm_while_continuous_learning_waits_for_data_stops_like_ctrl_c(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "overseer_plan", "train", "--continuous-learning", "--watch-interval",
+                          "1", "--max-steps", "1", "--cpu-only"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path), cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "overseer-runs" / "incoming").is_dir():  # the watch folder exists: it is waiting
+        assert p.poll() is None and time.monotonic() < deadline, "the command never started waiting"
+        time.sleep(0.1)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    _out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err[-2000:]
+    assert "stopped by signal" in err and "Traceback" not in err
+
+
+def test_settings_files_cannot_end_the_run_silently_or_name_empty_paths(tmp_path: Path) -> None:
+    for body, words in (("import sys\nsys.exit(0)\n", "sys.exit(0)"),
+                        ("from overseer_plan import TrainingConfig\nconfig = TrainingConfig()\nconfig.output_dir = ''\n",
+                         "output_dir")):
+        settings = tmp_path / "training_config.py"
+        settings.write_text(body)
+        p = subprocess.run([sys.executable, str(ROOT / "main_training.py"), "--training-config", str(settings)],
+                           capture_output=True, text=True, env=_env(tmp_path), timeout=120, cwd=tmp_path)
+        assert p.returncode == 2, p.stderr
+        assert words in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_training_config_py_that_picks_the_mode_means_what_the_flag_means(tmp_path: Path) -> None:
+    settings = tmp_path / "training_config.py"
+    settings.write_text("from overseer_plan import TrainingConfig\nconfig = TrainingConfig()\n"
+                        "config.resource_efficient_mode = True\nconfig.max_steps = 1\nconfig.batch_size = 2\n"
+                        "config.gradient_accumulation_steps = 1\nconfig.max_sequence_length = 64\n")
+    data = tmp_path / "notes.txt"
+    data.write_text(corpus_text(3, 80))
+    p = subprocess.run([sys.executable, str(ROOT / "main_training.py"), "--training-config", str(settings), "--data",
+                        str(data), "--output", str(tmp_path / "run")],
+                       capture_output=True, text=True, env=_env(tmp_path), timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    config = json.loads((tmp_path / "run" / "summary.json").read_text())["config"]
+    assert config["gradient_checkpointing"] is True  # the preset, as with --resource-efficient, not a planner fit
