@@ -142,17 +142,20 @@ def remove_partial(run_dir: Path) -> list[str]:
     return [p.name for p in gone]
 
 
-def load_state(path: Path) -> dict[str, Any]:
-    """The training state of one checkpoint, read with weights_only=True.
+def load_state(path: Path, *, mmap: bool = False) -> dict[str, Any]:
+    """The training state of one checkpoint, read with weights_only=True; the one test of "loadable".
+
+    `mmap`: map the file instead of reading it, for callers that need only the step and config
+    (the optimizer state is most of the file).
 
     Raises:
         ValueError: missing or unreadable files (the caller falls back to an older checkpoint).
     """
     if not any((path / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json")):
         raise ValueError(f"{path.name}: no model.safetensors")
-    check_weights(path)
+    _check_weights(path)
     try:
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises many types for a truncated or foreign file
         raise ValueError(f"{path.name}: {STATE_FILE} is unreadable ({_first_line(e)})") from None
     if not isinstance(state, dict) or "step" not in state:
@@ -160,7 +163,7 @@ def load_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def check_weights(path: Path) -> None:
+def _check_weights(path: Path) -> None:
     """Raise ValueError when a weight file's header does not describe the bytes on disk.
 
     safe_open reads only the header and checks that its tensors end exactly at the end of the

@@ -363,20 +363,12 @@ class _Checkpoint:
 
 def _latest_checkpoint(run_dir: Path) -> _Checkpoint | None:
     """The newest checkpoint whose state loads (as the loop's resume picks it), or None."""
-    import torch
-
     from trainer.tokenizer import encoder_for, load_tokenizer
 
     for _step, path in reversed(ckpt.list_checkpoints(run_dir)):
-        try:  # weights present and whole (headers against sizes), as the loop's resume checks
-            ckpt.check_weights(path)
-        except Exception:
-            continue
-        if not (path / "model.safetensors").is_file() and not (path / "model.safetensors.index.json").is_file():
-            continue
         try:  # mmap: reading the step and config must not pull the optimizer state into RAM
-            state = torch.load(path / ckpt.STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # a truncated file raises many types; the loop skips it too
+            state = ckpt.load_state(path, mmap=True)
+        except ValueError:  # the checks the loop's resume makes: it skips this one too
             continue
         cfg, block_len = state["config"], int(state["block_len"])
         seq = int(cfg["max_sequence_length"])

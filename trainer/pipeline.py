@@ -103,8 +103,10 @@ def _check_flags(*, continuous: bool, rounds: int | None, watch_interval_s: floa
             raise UserInputError(f"{' and '.join(given)}: only with --continuous-learning")
     if rounds is not None and rounds < 1:
         raise UserInputError(f"--rounds {rounds}: give at least 1")
-    if watch_interval_s is not None and watch_interval_s <= 0:
-        raise UserInputError(f"--watch-interval {watch_interval_s:g}: give a positive number of seconds")
+    # `not 0 < w`, not `w <= 0`: NaN must fail too (it made the watch loop spin); inf overflows the wait.
+    if watch_interval_s is not None and not 0 < watch_interval_s <= MAX_WATCH_INTERVAL_S:
+        raise UserInputError(f"--watch-interval {watch_interval_s:g}: give a number of seconds above 0 and at most "
+                             f"{MAX_WATCH_INTERVAL_S} (a day)")
 
 
 # Fetched by a bare `--download-data` when nothing else is configured (the spec's "Training with Fresh
@@ -112,6 +114,7 @@ def _check_flags(*, continuous: bool, rounds: int | None, watch_interval_s: floa
 # A mirror (or an air-gapped copy) can stand in for it: OVERSEER_DEFAULT_DATA_SOURCE.
 DEFAULT_DOWNLOAD_SOURCE = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 DEFAULT_SOURCE_ENV = "OVERSEER_DEFAULT_DATA_SOURCE"
+MAX_WATCH_INTERVAL_S = 86400
 WATCH_FOLDER = "incoming"
 """Continuous learning with no data configured watches this folder beside the run directory."""
 

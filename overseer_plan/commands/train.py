@@ -76,11 +76,8 @@ def train_command(
         raise UserInputError(f"{' and '.join(modes)}: choose one of --auto, --standard, --resource-efficient")
     if max_steps is not None and epochs is not None:
         raise UserInputError("--max-steps and --epochs: give one (--max-steps wins over epochs in a config file)")
-    if watch_interval is not None and not 0 < watch_interval <= _MAX_WATCH_INTERVAL_S:
-        raise UserInputError(f"--watch-interval {watch_interval:g}: give a number of seconds above 0 and at most "
-                             f"{_MAX_WATCH_INTERVAL_S} (a day)")
-    empty = [flag for flag, value in (("--model", model), ("--output", output), ("--data", "" if "" in data else None),
-                                      ("--download-data", "" if "" in download_from else None)) if value == ""]
+    empty = [flag for flag, value in (("--model", model), ("--output", output), ("--data", "" if "" in data else None))
+             if value == ""]
     if empty:  # an empty path would quietly mean the current directory
         raise UserInputError(f"{', '.join(empty)}: empty value; give a path (or leave the option out)")
     flags = _flags(locals())
@@ -145,9 +142,6 @@ def _flags(options: dict[str, Any]) -> dict[str, Any]:
     if options["cpu_only"]:
         out["use_gpu"] = False
     return out
-
-
-_MAX_WATCH_INTERVAL_S = 86400
 
 
 def _user_line(error: BaseException, path: Path) -> str:

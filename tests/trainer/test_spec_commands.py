@@ -111,15 +111,19 @@ def test_the_shipped_training_config_py_changes_nothing_until_edited() -> None:
     assert load_training_config_py(ROOT / "training_config.py").explicit_fields() == set()
 
 
+def _main_training_with_settings(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
+    settings = tmp_path / "training_config.py"
+    settings.write_text(body)
+    return subprocess.run([sys.executable, str(ROOT / "main_training.py"), "--training-config", str(settings)],
+                          capture_output=True, text=True, env=_env(tmp_path), timeout=120, cwd=tmp_path)
+
+
 def test_a_broken_training_config_py_is_one_line(tmp_path: Path) -> None:
     for body, words in (("config = 3\n", "must set `config = TrainingConfig()`"),
                         ("raise RuntimeError('boom')\n", "RuntimeError: boom"),
                         ("from overseer_plan import TrainingConfig\nconfig = TrainingConfig()\nconfig.batch_size = 0\n",
                          "batch_size")):
-        settings = tmp_path / "training_config.py"
-        settings.write_text(body)
-        p = subprocess.run([sys.executable, str(ROOT / "main_training.py"), "--training-config", str(settings)],
-                           capture_output=True, text=True, env=_env(tmp_path), timeout=120, cwd=tmp_path)
+        p = _main_training_with_settings(tmp_path, body)
         assert p.returncode == 2, p.stderr
         assert words in p.stderr and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
@@ -185,10 +189,7 @@ def test_settings_files_cannot_end_the_run_silently_or_name_empty_paths(tmp_path
     for body, words in (("import sys\nsys.exit(0)\n", "sys.exit(0)"),
                         ("from overseer_plan import TrainingConfig\nconfig = TrainingConfig()\nconfig.output_dir = ''\n",
                          "output_dir")):
-        settings = tmp_path / "training_config.py"
-        settings.write_text(body)
-        p = subprocess.run([sys.executable, str(ROOT / "main_training.py"), "--training-config", str(settings)],
-                           capture_output=True, text=True, env=_env(tmp_path), timeout=120, cwd=tmp_path)
+        p = _main_training_with_settings(tmp_path, body)
         assert p.returncode == 2, p.stderr
         assert words in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
