@@ -16,6 +16,10 @@ config = TrainingConfig()
 # config.max_sequence_length = 512  # Even shorter sequences
 # config.max_ram_percent = 60.0  # Even lower memory threshold
 
+# What the run is for, the spec's "When to Use" intents (development: resource-efficient; production or
+# speed: standard where the machine allows it); `python main_training.py` without a mode flag plans with it:
+# config.purpose = "production"
+
 # What to train, and where `--download-data` (given without a URL) fetches fresh data from:
 # config.model = "gpt2"  # a catalogue name, a local model directory or a hub id
 # config.data = ["notes/"]  # text, Markdown or JSONL files and directories

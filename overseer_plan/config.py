@@ -107,6 +107,9 @@ class TrainingConfig(BaseModel):
     """Cap on evaluation batches per evaluation, to bound its time."""
     allow_sequence_reduction: bool = False
     """Let the planner and the OOM ladder shorten sequences (changes what is learned)."""
+    purpose: Literal["development", "production", "speed"] | None = None
+    """What the run is for, the spec's "When to Use" intents: development picks resource-efficient; production
+    or speed picks standard unless the machine needs resource-efficient. None: the machine and the fit decide."""
     scale_up: bool = False
     """Step back up a rung after stable steps with enough measured headroom (gradual scaling)."""
     replay_fraction: float = Field(default=0.2, ge=0, lt=1)
@@ -243,4 +246,4 @@ def _setting_adapter(name: str) -> TypeAdapter[Any]:
 
 
 # Settings that may legitimately stay None after the preset is applied.
-_OPTIONAL = {"model", "max_steps", "epochs"}
+_OPTIONAL = {"purpose", "model", "max_steps", "epochs"}

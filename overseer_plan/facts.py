@@ -29,6 +29,7 @@ FACTS = {
     "temps.margin_c": "smallest distance of a host sensor to its high/critical point",
     "mode": "the chosen mode, when known",
     "run.first_on_machine": "no earlier Overseer run found in the output directory",
+    "run.purpose": "what the user said the run is for (--purpose): development, production or speed; None: not said",
 }
 
 

@@ -129,8 +129,10 @@ def choose_mode(hw: Hardware, workload: Workload, rulebook: Rulebook) -> tuple[s
         return m, [f"user: resource_efficient_mode = {workload.config.resource_efficient_mode}"]
     from overseer_plan.modes import recommend_mode
 
-    advice = recommend_mode(hw, rulebook)
-    return advice.mode, [f"{rid}: {why}" for rid, why in advice.reasons]
+    advice = recommend_mode(hw, rulebook, extra={"run.purpose": workload.config.purpose})
+    reasons = [f"{rid}: {why}" for rid, why in advice.reasons]
+    reasons += [f"{rid} overruled: the machine needs resource-efficient mode" for rid, _ in advice.overruled]
+    return advice.mode, reasons
 
 
 # ---------------------------------------------------------------- budgets
@@ -238,12 +240,21 @@ def make_plan(hardware: Hardware, workload: Workload, rulebook: Rulebook | None 
 
     book = rulebook or load_rulebook()
     mode, reasons = choose_mode(hardware, workload, book)
+    user_mode = workload.mode or "resource_efficient_mode" in workload.config.explicit_fields()
     if mode is None:
         # Between the when-to-use lists: standard if its preset can be fitted, else resource-efficient.
         plan = _plan_in_mode(hardware, workload, book, "standard", ["fit: between the when-to-use lists; standard fits"])
         if plan.feasible:
             return plan
         reasons = ["fit: between the when-to-use lists; standard does not fit this budget"]
+        mode = "resource-efficient"
+    elif mode == "standard" and not user_mode:
+        # A rule (a high-end machine, a production purpose) asked for standard; if nothing fits in
+        # it, the gentler preset is still a run rather than none.
+        plan = _plan_in_mode(hardware, workload, book, mode, reasons)
+        if plan.feasible:
+            return plan
+        reasons = [*reasons, "fit: standard does not fit this budget; resource-efficient instead"]
         mode = "resource-efficient"
     return _plan_in_mode(hardware, workload, book, mode, reasons)
 

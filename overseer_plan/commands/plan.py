@@ -66,6 +66,8 @@ def plan_command(
     model: str = typer.Option(None, "--model", "-m", help="Catalogue name, HF hub id or local directory (default: overseer-tiny)."),
     standard: bool = typer.Option(False, "--standard", help="Use the standard preset."),
     resource_efficient: bool = typer.Option(False, "--resource-efficient", help="Use the resource-efficient preset."),
+    purpose: str = typer.Option(None, "--purpose", help="development | production | speed: what the run is for "
+                                                          "(the spec's When to Use lists)."),
     hardware: Path = typer.Option(None, "--hardware", help="Plan for a profile saved by `overseer probe --save`."),
     ram: str = typer.Option(None, "--ram", help="Plan for this much RAM, e.g. 8GiB."),
     gpu_mem: str = typer.Option(None, "--gpu-mem", help="Plan for GPUs with this much memory, e.g. 4GiB."),
@@ -104,6 +106,7 @@ def plan_command(
                             batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
                             max_sequence_length=max_sequence_length,
                             allow_sequence_reduction=allow_sequence_reduction or None,
+                            purpose=purpose,
                             use_gpu=False if cpu_only else None)
     hw = _hardware(hardware, ram, gpu_mem, gpus, cpu_only, output_dir)
     workload = Workload(model=model, config=cfg, mode=mode, num_processes=max(1, gpus or 1),

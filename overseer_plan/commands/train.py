@@ -33,6 +33,8 @@ def train_command(
     training_config: Path | None = typer.Option(None, "--training-config", metavar="training_config.py",
                                                 help="A Python file defining `config = TrainingConfig()` (the spec's "
                                                      "training_config.py); --config and flags win over it."),
+    purpose: str | None = typer.Option(None, "--purpose", help="development | production | speed: lets --auto pick "
+                                                                 "the mode (the spec's When to Use lists)."),
     model: str | None = typer.Option(None, "--model", help="Catalogue name, local model directory or hub id."),
     data: list[str] = typer.Option([], "--data", help="Text/Markdown/JSONL file or directory (repeatable)."),
     output: str | None = typer.Option(None, "--output", metavar="DIR", help="Run directory."),
@@ -131,7 +133,7 @@ def expand_download_value(argv: list[str]) -> list[str]:
 
 _FLAG_FIELDS = {"model": "model", "data": "data", "output": "output_dir", "max_steps": "max_steps", "epochs": "epochs",
                 "batch_size": "batch_size", "grad_accum": "gradient_accumulation_steps", "seq_len": "max_sequence_length",
-                "learning_rate": "learning_rate", "seed": "seed"}
+                "learning_rate": "learning_rate", "seed": "seed", "purpose": "purpose"}
 
 
 def _flags(options: dict[str, Any]) -> dict[str, Any]:

@@ -73,6 +73,7 @@ def test_plan_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         ["plan", "--hardware", str(tmp_path / "missing.json")],
         ["plan", "--hardware", hw, "--standard", "--resource-efficient"],
         ["plan", "--hardware", hw, "--rules", str(tmp_path / "nope")],
+        ["plan", "--hardware", hw, "--purpose", "prod"],
     ]
     for args in cases:
         r = runner.invoke(app, args)
@@ -105,3 +106,12 @@ def test_doctor_slow_and_overwhelmed_print_every_rung(tmp_path: Path) -> None:
         r = runner.invoke(app, ["doctor", symptom, "--hardware", hw])
         assert r.exit_code == 0, r.output
         assert sum(line.lstrip().startswith("[") for line in r.stdout.splitlines()) == n
+
+
+def test_plan_purpose_picks_the_mode_and_reaches_the_plan_file(tmp_path: Path) -> None:
+    hw, out = str(_hw_file(tmp_path, ram_gb=24, gpus=[])), tmp_path / "plan.yaml"
+    r = runner.invoke(app, ["plan", "--model", "overseer-tiny", "--hardware", hw, "--purpose", "development",
+                            "--no-validate", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "because mode.resource-efficient.development" in r.stdout
+    assert TrainingConfig.load(out).purpose == "development"

@@ -73,3 +73,27 @@ def test_advice_serialises_as_json(book):
     advice = recommend_mode(make_hw(ram_gb=8, gpus=[gpu(4)]), book)
     again = ModeAdvice.model_validate_json(advice.model_dump_json())
     assert again == advice
+
+
+# ---- the user's stated purpose (--purpose): the intents in the spec's When to Use lists
+def test_development_purpose_is_resource_efficient_even_on_a_big_machine(book):
+    advice = recommend_mode(make_hw(ram_gb=64, gpus=[gpu(24)], cores=16), book, extra={"run.purpose": "development"})
+    assert advice.mode == "resource-efficient"
+    assert _ids(advice) == {"mode.resource-efficient.development"}
+    assert [rid for rid, _ in advice.overruled] == ["mode.standard.high-end"]
+    assert "overrules mode.standard.high-end" in advice.describe()
+
+
+@pytest.mark.parametrize("purpose", ["production", "speed"])
+def test_production_or_speed_purpose_decides_between_the_lists(book, purpose):
+    hw = make_hw(ram_gb=24, gpus=[])
+    assert recommend_mode(hw, book).mode is None
+    advice = recommend_mode(hw, book, extra={"run.purpose": purpose})
+    assert advice.mode == "standard" and _ids(advice) == {"mode.standard.production"}
+
+
+def test_a_limited_machine_beats_a_production_purpose_and_says_so(book):
+    advice = recommend_mode(make_hw(ram_gb=8, gpus=[gpu(4)]), book, extra={"run.purpose": "production"})
+    assert advice.mode == "resource-efficient"
+    assert _ids(advice) == {"mode.resource-efficient.limited-ram", "mode.resource-efficient.limited-gpu"}
+    assert [rid for rid, _ in advice.overruled] == ["mode.standard.production"]

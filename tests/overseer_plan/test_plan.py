@@ -143,3 +143,21 @@ def test_a_model_without_sdpa_is_planned_with_the_eager_attention_it_will_run(tm
     gpt2 = _plan(make_hw(ram_gb=16))
     assert gpt2.config.attention == "sdpa"
     assert "attention" not in {d.setting for d in gpt2.decisions}
+
+
+def test_purpose_picks_the_mode_where_the_machine_does_not() -> None:
+    hw = make_hw(ram_gb=24, gpus=[])
+    dev, prod = _plan(hw, purpose="development"), _plan(hw, purpose="production")
+    assert dev.mode == "resource-efficient" and dev.config.learning_rate == 5e-5
+    assert prod.mode == "standard" and prod.config.learning_rate == 1e-4
+    assert dev.mode_reasons[0].startswith("mode.resource-efficient.development")
+    assert prod.mode_reasons[0].startswith("mode.standard.production")
+    small = _plan(with_overrides(hw, ram_bytes=8 * GiB), purpose="production")
+    assert small.mode == "resource-efficient"
+    assert "mode.standard.production overruled: the machine needs resource-efficient mode" in small.mode_reasons
+
+
+def test_a_rule_chosen_standard_that_cannot_fit_falls_back_to_resource_efficient() -> None:
+    plan = _plan(make_hw(ram_gb=24, gpus=[]), model="llama-2-7b", purpose="production")
+    assert not plan.feasible and plan.mode == "resource-efficient"
+    assert plan.mode_reasons[-1] == "fit: standard does not fit this budget; resource-efficient instead"

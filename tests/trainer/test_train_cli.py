@@ -113,6 +113,16 @@ def test_auto_keeps_the_requested_effective_batch(tmp_path, monkeypatch):
                read_jsonl(tmp_path / "run" / "events.jsonl"))
 
 
+def test_auto_with_a_development_purpose_plans_resource_efficient(tmp_path, monkeypatch):
+    model, data = tiny_model_dir(tmp_path), tiny_corpus(tmp_path)
+    r = _invoke(["--auto", "--purpose", "development", "--model", str(model), "--data", str(data), "--output",
+                 str(tmp_path / "run"), "--max-steps", "1", "--max-sequence-length", "64", "--cpu-only"],
+                tmp_path, monkeypatch)
+    assert r.exit_code == 0, r.output
+    notes = [e["text"] for e in read_jsonl(tmp_path / "run" / "events.jsonl") if e["event"] == "note"]
+    assert any(t.startswith("plan: resource-efficient mode") for t in notes), notes
+
+
 def test_a_second_run_without_output_never_lands_on_the_first(tmp_path, monkeypatch):
     model, data = tiny_model_dir(tmp_path), tiny_corpus(tmp_path)
     monkeypatch.chdir(tmp_path)  # the default --output, overseer-runs/run, is relative
