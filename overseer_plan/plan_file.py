@@ -14,7 +14,7 @@ def plan_document(plan: Any) -> dict[str, Any]:
         "mode": plan.mode,
         "device": plan.device,
         "num_processes": plan.num_processes,
-        "config": plan.config.model_dump(mode="json"),
+        "config": _portable(plan.config.model_dump(mode="json")),
         "budget_bytes": plan.budget_bytes,
         "estimated_peak_bytes": plan.estimate["peak_bytes"] if plan.estimate else None,
         "decisions": [d.model_dump(mode="json") for d in plan.decisions],
@@ -28,3 +28,11 @@ def save_plan(plan: Any, path: str | Path) -> None:
 
     text = "# Written by `overseer plan`. Train with: overseer train --config " + Path(path).name + "\n"
     atomic_write_text(Path(path), text + yaml.safe_dump(plan_document(plan), sort_keys=False))
+
+
+def _portable(config: dict[str, Any]) -> dict[str, Any]:
+    """A local model directory as an absolute path: `train --config` may run from another directory."""
+    model = config.get("model")
+    if model and not Path(model).is_absolute() and Path(model).exists():
+        config = {**config, "model": str(Path(model).resolve())}
+    return config

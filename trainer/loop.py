@@ -571,13 +571,18 @@ class Trainer:
             f"state do not fit, and the step changed nothing); {kept}; use optimizer: adafactor (smaller state), "
             "a smaller model, or run `overseer doctor oom`")
 
+    def _running_precision(self) -> str:
+        """What the steps run in: accelerate's mixed precision, 'no' as fp32."""
+        mp = self.accelerator.mixed_precision
+        return "fp32" if mp == "no" else str(mp)
+
     def _step_down(self, *, reason: str) -> bool:
         steps = self.policy.step_down(self.config)
         if not steps:
             if reason.startswith("OOM"):
                 self.log.event("floor", config=_rung_fields(self.config.model_dump()))
                 self._save_summary(interrupted=False, extra={"stopped": "oom_floor"})
-                raise OutOfMemoryAtFloor(self.policy.floor_message(self.config))
+                raise OutOfMemoryAtFloor(self.policy.floor_message(self.config, self._running_precision()))
             self.log.event("floor", reason=reason)
             return False
         for new, rule in steps:
@@ -761,7 +766,7 @@ class Trainer:
             tokens_per_s=round(self.samples * self.block_len / self.compute_s, 1) if self.compute_s else None,
             wall_s=round(time.time() - self.t_start, 3), interrupted=interrupted,
             resumed_from_step=getattr(self, "resumed_from", None), device=self.device.type,
-            precision={"no": "fp32"}.get(self.accelerator.mixed_precision, self.accelerator.mixed_precision), model=self.loaded.name, from_scratch=self.loaded.from_scratch,
+            precision=self._running_precision(), model=self.loaded.name, from_scratch=self.loaded.from_scratch,
             run_dir=str(self.run_dir), config=cfg.model_dump(mode="json"), losses=list(self.losses))
 
     def _save_summary(self, interrupted: bool, *, result: TrainResult | None = None,

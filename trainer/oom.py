@@ -189,10 +189,11 @@ class OomPolicy:
     def step_down(self, config: TrainingConfig) -> list[tuple[TrainingConfig, Any]]:
         return step_down(config, self.rulebook, self.fits)
 
-    def floor_message(self, config: TrainingConfig) -> str:
+    def floor_message(self, config: TrainingConfig, running_precision: str | None = None) -> str:
+        """The floor's one line; `running_precision` is what the loop runs (fp32 where a CPU ignores the preset's fp16)."""
         seq_hint = ("" if config.allow_sequence_reduction
                     else "; --allow-sequence-reduction would let it shorten sequences (changes what is learned)")
         return (f"out of memory at the floor of the ladder (micro-batch {config.batch_size}, gradient checkpointing "
-                f"{'on' if config.gradient_checkpointing else 'off'}, precision {config.precision()}, sequence "
+                f"{'on' if config.gradient_checkpointing else 'off'}, precision {running_precision or config.precision()}, sequence "
                 f"{config.max_sequence_length}){seq_hint}; run `overseer doctor oom` for what else to change "
                 "(smaller model, shorter --max-sequence-length, close other applications)")

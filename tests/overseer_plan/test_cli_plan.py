@@ -115,3 +115,18 @@ def test_plan_purpose_picks_the_mode_and_reaches_the_plan_file(tmp_path: Path) -
     assert r.exit_code == 0, r.output
     assert "because mode.resource-efficient.development" in r.stdout
     assert TrainingConfig.load(out).purpose == "development"
+
+
+def test_plan_file_names_a_local_model_by_absolute_path(tmp_path: Path, monkeypatch) -> None:
+    from overseer_plan.models import list_catalogue
+
+    model = tmp_path / "mine"
+    model.mkdir()
+    tiny = next(e for e in list_catalogue() if e.name == "overseer-tiny")
+    (model / "config.json").write_text(json.dumps(tiny.config))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "plan.yaml"
+    r = runner.invoke(app, ["plan", "--model", "mine", "--hardware", str(_hw_file(tmp_path)), "--no-validate",
+                            "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert TrainingConfig.load(out).model == str(model.resolve())

@@ -6,8 +6,9 @@ import json
 import random
 
 import pytest
-from _train_helpers import read_jsonl, run_trainer, tiny_config
+from _train_helpers import read_jsonl, run_trainer, tiny_config, tiny_settings
 
+from overseer_plan.config import TrainingConfig
 from trainer.loop import INJECT_ENV
 from trainer.monitor import ResourceMonitor
 
@@ -38,8 +39,13 @@ def test_oom_at_the_floor_stops_with_doctor_advice(tmp_path, monkeypatch):
 
     monkeypatch.setenv(INJECT_ENV, ",".join(str(i) for i in range(40)))
     with pytest.raises(OutOfMemoryAtFloor, match="overseer doctor oom") as info:
-        run_trainer(tiny_config(tmp_path, batch_size=2, gradient_accumulation_steps=1))
+        settings = tiny_settings(tmp_path, batch_size=2, gradient_accumulation_steps=1)
+        del settings["mixed_precision"]  # the preset's mixed precision, which a CPU runs as fp32
+        config = TrainingConfig(**settings)
+        assert config.precision() != "fp32"
+        run_trainer(config)
     assert info.value.exit_code == 3
+    assert "precision fp32" in str(info.value)  # what ran, not what the preset named
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["stopped"] == "oom_floor" and summary["optimizer_steps"] == 0
 
