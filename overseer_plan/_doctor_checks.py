@@ -19,7 +19,7 @@ from overseer_plan.modes import ModeAdvice, recommend_mode
 from overseer_plan.rules import Rulebook
 from overseer_plan.units import fmt_bytes
 
-Status = Literal["ok", "warn", "fail", "skip"]
+Status = Literal["ok", "warn", "fail", "skip", "info"]
 
 # Rules whose conditions hold the thresholds these checks use (see rules/practices.yaml).
 CLOSE_APPS_RULE = "practice.close-apps"

@@ -39,7 +39,7 @@ class Check(_Model):
     title: str
     """Short name of what is checked."""
     status: Status
-    """ok, warn, fail or skip (not applicable or not measurable here)."""
+    """ok, warn, fail, skip (not applicable or not measurable here) or info (advice: the mode, a best practice)."""
     message: str
     """One line: what was found, with the numbers."""
     fix: str | None = None
@@ -53,10 +53,12 @@ class Summary(_Model):
     warn: int = 0
     fail: int = 0
     skip: int = 0
+    info: int = 0
+    """Advice lines: the recommended mode and the best practices that apply."""
     mode: str | None = None
     """The recommended mode; None when the planner's fit decides."""
     exit_code: int = 0
-    """0 with only ok/warn/skip, 1 when a check failed."""
+    """0 with only ok/warn/skip/info, 1 when a check failed."""
 
 
 class DoctorResult(_Model):
@@ -180,14 +182,14 @@ def _mode_finding(ctx: DoctorContext) -> Finding:
     command = {"resource-efficient": "overseer train --resource-efficient", "standard": "overseer train"}.get(
         advice.mode or "", "overseer plan")
     details = {rid: ctx.rulebook[rid].source for rid, _ in advice.reasons}
-    return Finding("ok", f"{advice.describe()} -> {command}", details=details)
+    return Finding("info", f"{advice.describe()} -> {command}", details=details)
 
 
 def _practice_finding(ctx: DoctorContext, rule: PracticeRule) -> Finding | None:
     """A best practice as an info line when its condition holds; its warnings live in the machine checks."""
     if not rule.when.holds(ctx.facts):
         return None
-    return Finding("ok", rule.advice, details={"rule": rule.id, "spec": rule.source, "why": rule.why})
+    return Finding("info", rule.advice, details={"rule": rule.id, "spec": rule.source, "why": rule.why})
 
 
 def _title(source: str) -> str:
@@ -249,7 +251,7 @@ def run_doctor(hw: Hardware, rulebook: Rulebook, *, output_dir: str | Path = "."
         advice: ModeAdvice | None = ctx.mode
     except Exception:  # already reported by the 'mode' check
         advice = None
-    counts = {s: sum(c.status == s for c in checks) for s in ("ok", "warn", "fail", "skip")}
+    counts = {s: sum(c.status == s for c in checks) for s in ("ok", "warn", "fail", "skip", "info")}
     result = DoctorResult(checks=checks, summary=Summary(**counts, mode=advice.mode if advice else None), mode=advice)
     result.summary.exit_code = result.exit_code()
     return result

@@ -17,7 +17,8 @@ from overseer_plan.facts import hardware_facts
 from overseer_plan.hardware import Hardware
 from overseer_plan.rules import Mode, Rulebook
 
-FIT_DECIDES = "no mode rule matched: the planner's fit decides (overseer plan)"
+FIT_DECIDES = ("no mode rule matched: the planner's fit decides (overseer plan; --purpose development, production "
+               "or speed says what the run is for)")
 
 
 class ModeAdvice(StrictModel):

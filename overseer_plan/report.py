@@ -30,7 +30,7 @@ ENV_VARS = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "PYTORCH_CUDA_ALLOC_CON
             "HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_CACHE", "TOKENIZERS_PARALLELISM")
 _UUID = re.compile(r"\b(?:GPU|MIG)-[0-9A-Fa-f-]{8,}(?:/\d+/\d+)?")
 _HOME_DIRS = re.compile(r"(/home/|/Users/|[A-Za-z]:\\Users\\)[^/\\\s`'\"]+")
-_MARK = {"ok": "ok", "warn": "warning", "fail": "FAILED", "skip": "skipped"}
+_MARK = {"ok": "ok", "warn": "warning", "fail": "FAILED", "skip": "skipped", "info": "advice"}
 
 
 def _field(label: str, read: Callable[[], Any]) -> str:
@@ -120,7 +120,7 @@ def _disks_and_temps(hw: Hardware) -> list[str]:
 def _findings(result: DoctorResult) -> list[str]:
     lines = [f"- [{_MARK[c.status]}] {c.id}: {c.message}" + (f" Fix: {c.fix}" if c.fix else "") for c in result.checks]
     s = result.summary
-    lines.append(f"- Summary: {s.ok} ok, {s.warn} warning(s), {s.fail} failed, {s.skip} skipped; "
+    lines.append(f"- Summary: {s.ok} ok, {s.warn} warning(s), {s.fail} failed, {s.skip} skipped, {s.info} advice; "
                  f"mode: {s.mode or 'fit decides'}; exit code {s.exit_code}")
     return lines
 

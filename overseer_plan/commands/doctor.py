@@ -31,8 +31,8 @@ doctor_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_MARKS = {"ok": "[✓]", "warn": "[!]", "fail": "[✗]", "skip": "[-]"}
-_COLORS = {"ok": "green", "warn": "yellow", "fail": "red", "skip": None}
+_MARKS = {"ok": "[✓]", "warn": "[!]", "fail": "[✗]", "skip": "[-]", "info": "[i]"}
+_COLORS = {"ok": "green", "warn": "yellow", "fail": "red", "skip": None, "info": "cyan"}
 # Characters the doctor prints, with what to print where stdout cannot encode them ("[✓]" -> "[ok]").
 _ASCII = str.maketrans({"✓": "ok", "✗": "x", "—": "-", "·": "|", "°": " deg", "≥": ">=", "≤": "<=", "→": "->"})
 
@@ -149,7 +149,7 @@ def _render(result: DoctorResult, *, verbose: bool, source: str) -> None:
                 _echo(f"      {key}: {line}" if i == 0 else f"        {line}")
     s = result.summary
     mode = s.mode or "the planner's fit decides"
-    _echo(f"\n{s.ok} ok, {_plural(s.warn, 'warning')}, {s.fail} failed, {s.skip} skipped. "
+    _echo(f"\n{s.ok} ok, {_plural(s.warn, 'warning')}, {s.fail} failed, {s.skip} skipped, {s.info} advice. "
           f"Mode: {mode}. Exit code {s.exit_code}.")
     if s.fail:
         _echo(f"Report for a bug: {REPORT_HINT}")

@@ -213,7 +213,7 @@ def test_mode_check_lists_every_reason(book):
 
 def test_start_small_only_before_the_first_run(book, tmp_path):
     _, checks = _checks(make_hw(), book, tmp_path)
-    assert "practice.start-small" in checks
+    assert checks["practice.start-small"].status == "info"  # advice, not a check that passed
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
     _, checks = _checks(make_hw(), book, tmp_path)
@@ -239,7 +239,7 @@ def test_a_crashing_requirement_interpreter_keeps_the_rest(book, monkeypatch):
     monkeypatch.setattr(doctor, "_requirement_finding", lambda ctx, rule: 1 / 0)
     _, checks = _checks(make_hw(), book)
     assert all(checks[r.id].status == "fail" for r in book.of_kind("requirement"))
-    assert checks["memory.limit"].status == "ok" and checks["mode"].status == "ok"
+    assert checks["memory.limit"].status == "ok" and checks["mode"].status == "info"
 
 
 def test_doctor_is_fast(book):
@@ -265,7 +265,7 @@ def test_cli_ok_machine_exits_0(tmp_path):
     assert r.exit_code == 0, r.output
     assert "[✓] RAM: 8GB minimum" in r.stdout
     last = r.stdout.rstrip().splitlines()[-1]
-    assert re.fullmatch(r"\d+ ok, 0 warnings, 0 failed, 0 skipped\. Mode: standard\. Exit code 0\.", last), last
+    assert re.fullmatch(r"\d+ ok, 0 warnings, 0 failed, 0 skipped, \d+ advice\. Mode: standard\. Exit code 0\.", last), last
 
 
 def test_cli_failing_requirement_exits_1(tmp_path):
@@ -280,11 +280,11 @@ def test_cli_json_shape_lists_every_requirement(tmp_path, book):
     assert r.exit_code == 1
     data = json.loads(r.stdout)
     assert set(data) == {"checks", "summary"}
-    assert set(data["summary"]) == {"ok", "warn", "fail", "skip", "mode", "exit_code"}
+    assert set(data["summary"]) == {"ok", "warn", "fail", "skip", "info", "mode", "exit_code"}
     assert data["summary"]["exit_code"] == 1 and data["summary"]["mode"] == "resource-efficient"
     statuses = {c["id"]: c["status"] for c in data["checks"]}
     for c in data["checks"]:
-        assert {"id", "status", "message", "fix"} <= set(c) and c["status"] in ("ok", "warn", "fail", "skip")
+        assert {"id", "status", "message", "fix"} <= set(c) and c["status"] in ("ok", "warn", "fail", "skip", "info")
     spec_table = {"RAM: 8GB minimum", "RAM: 16GB recommended", "GPU Memory: 4GB minimum", "GPU Memory: 8GB recommended",
                   "CPU: Any modern multi-core processor", "Storage: 10GB free space"}
     sources = {book[c["id"]].source.split("> ")[-1] for c in data["checks"] if c["id"].startswith("requirement.")}
