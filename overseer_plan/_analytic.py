@@ -62,6 +62,16 @@ class ModelShape:
     # LoRA-able linear layers: name -> (count over the model, in_features, out_features)
     linears: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False)
     supports_sdpa: bool = True  # False where transformers has no SDPA path for the class (Bloom, GPT-J, ...)
+    # Mixture of experts (Mixtral, Qwen-MoE, DeepSeek, OLMoE): blocks whose MLP routes each token
+    # to `experts_per_token` of `experts` experts (0 for dense models), the experts' width, and the
+    # summed width of always-on shared experts (`shared_expert_gated`: scaled by a sigmoid gate).
+    moe_layers: int = 0
+    experts: int = 0
+    experts_per_token: int = 0
+    expert_intermediate: int = 0
+    expert_gated: bool = True
+    shared_expert_intermediate: int = 0
+    shared_expert_gated: bool = False
 
 
 def model_shape(config: PretrainedConfig | Callable[[], PretrainedConfig], fingerprint: str) -> ModelShape:
@@ -84,7 +94,7 @@ def model_shape(config: PretrainedConfig | Callable[[], PretrainedConfig], finge
     return shape
 
 
-_CENSUS_FORMAT = 3
+_CENSUS_FORMAT = 4
 
 
 def _census_path(fingerprint: str) -> Any:
@@ -212,7 +222,47 @@ def _census(config: PretrainedConfig) -> ModelShape:
         param_shapes=tuple(tuple(int(d) for d in p.shape) for p in model.parameters()),
         linears={k: (v[0], v[1], v[2]) for k, v in linears.items()},
         supports_sdpa=supports_sdpa(config),
+        **_moe_census(model, c),
     )
+
+
+def _moe_census(model: Any, config: Any) -> dict[str, Any]:
+    """The routed-experts fields of `ModelShape`, read from the built modules.
+
+    transformers 5 keeps a block's experts in one module holding 3-D `down_proj` (and
+    `gate_up_proj` or `up_proj`) parameters and a `num_experts` attribute, beside a router and,
+    in some families, shared experts (`shared_expert` / `shared_experts`, a dense MLP).
+    """
+    import torch
+
+    experts = [m for m in model.modules()
+               if isinstance(getattr(m, "down_proj", None), torch.nn.Parameter) and m.down_proj.dim() == 3
+               and isinstance(getattr(m, "num_experts", None), int)]
+    if not experts:
+        return {}
+    first = experts[0]
+    # down_proj is (experts, hidden, intermediate), or (experts, intermediate, hidden) when transposed.
+    inter = int(first.down_proj.shape[1] if getattr(first, "is_transposed", False) else first.down_proj.shape[2])
+    shared, gated_shared = 0, False
+    for name, mod in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("shared_expert", "shared_experts"):
+            down = getattr(mod, "down_proj", None)
+            if isinstance(down, torch.nn.Linear):
+                shared = int(down.in_features)
+                parent = model.get_submodule(name.rsplit(".", 1)[0])
+                gated_shared = isinstance(getattr(parent, "shared_expert_gate", None), torch.nn.Linear)
+            break
+    top_k = getattr(config, "num_experts_per_tok", None) or getattr(config, "top_k", None) or 1
+    return {
+        "moe_layers": len(experts),
+        "experts": int(first.num_experts),
+        "experts_per_token": int(top_k),
+        "expert_intermediate": inter,
+        "expert_gated": bool(getattr(first, "has_gate", hasattr(first, "gate_up_proj"))),
+        "shared_expert_intermediate": shared,
+        "shared_expert_gated": gated_shared,
+    }
 
 
 def _uses_rms_norm(block: Any, family: str) -> bool:
@@ -307,6 +357,8 @@ def step_block_sizes(shape: ModelShape, cfg: EstimateConfig, device: str) -> lis
     T, s = cfg.batch_size * cfg.seq_len, cfg.seq_len
     e = 4 if cfg.precision == "fp32" else 2
     sizes = [T * shape.vocab * 4, T * shape.intermediate * e]
+    if shape.moe_layers:  # the experts' up projection over the routed pairs, in the weights' dtype
+        sizes.append(T * shape.experts_per_token * 2 * shape.expert_intermediate * (2 if cfg.precision == "bf16-pure" else 4))
     if _uses_math_attention(shape, cfg, device):
         sizes.append(cfg.batch_size * shape.heads * s * s * e)
     return sizes
@@ -323,8 +375,11 @@ def dropout_mask_bytes(elem_bytes: int, device: str) -> int:
     return 1 if device == "cuda" else elem_bytes
 
 
-def layer_activation_bytes(shape: ModelShape, cfg: EstimateConfig, device: str) -> float:
-    """Bytes one decoder block saves for backward (no checkpointing), for the whole micro-batch."""
+def layer_activation_bytes(shape: ModelShape, cfg: EstimateConfig, device: str, *, largest: bool = False) -> float:
+    """Bytes one decoder block saves for backward (no checkpointing), for the whole micro-batch.
+
+    The mean over the blocks; `largest`: the largest block's (they differ where a mixture-of-experts
+    model keeps some dense blocks)."""
     T = cfg.batch_size * cfg.seq_len
     b, s, h = cfg.batch_size, cfg.seq_len, shape.hidden
     nq, nkv, inner = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.intermediate
@@ -367,9 +422,41 @@ def layer_activation_bytes(shape: ModelShape, cfg: EstimateConfig, device: str) 
         # CUDA autocast runs pow (gelu_new's x**3) in fp32, and the rest of the composed chain follows
         # (trace.py `_cuda_autocast`; measured on an H100).
         mlp = T * inner * e + shape.gelu_ops * T * inner * 4
+    if shape.moe_layers:
+        moe = moe_mlp_bytes(shape, cfg)
+        dense_layers = max(0, shape.num_layers - shape.moe_layers)
+        if largest:
+            mlp = max(moe, mlp if dense_layers else 0)
+        else:
+            mlp = (shape.moe_layers * moe + dense_layers * mlp) / shape.num_layers
     # Residual dropout masks (attention and MLP outputs).
     dropm = 2 * T * h * mask_b if shape.resid_dropout > 0 else 0
     return norms + qkv + out + attn + mlp + dropm
+
+
+def moe_mlp_bytes(shape: ModelShape, cfg: EstimateConfig) -> float:
+    """Bytes a routed-experts MLP saves for backward, for the whole micro-batch.
+
+    transformers 5 runs the experts with `grouped_mm` over the S = tokens x experts_per_token
+    routed pairs, sorted by expert (integrations/moe.py `grouped_mm_experts_forward`). grouped_mm is
+    not autocast: its input is cast to the weights' dtype, so the experts compute in fp32 under
+    mixed precision. Saved: the gathered inputs, the up projection (its gate and up halves are views
+    that keep it whole), the activation, their product, and the down projection (kept by the routing
+    weights' multiply), plus the router's fp32 softmax and the sort's indices. Shared experts are a
+    dense MLP over every token, under autocast like any linear.
+    """
+    T, h = cfg.batch_size * cfg.seq_len, shape.hidden
+    S, i = T * shape.experts_per_token, shape.expert_intermediate
+    ex = 2 if cfg.precision == "bf16-pure" else 4
+    e = 2 if cfg.precision != "fp32" else 4
+    inner = (2 * i + i + i) if shape.expert_gated else (i + i)
+    routed = S * (2 * h + inner) * ex + S * (4 + 3 * 8)
+    router = T * shape.experts * 4 + T * shape.experts_per_token * 16
+    si = shape.shared_expert_intermediate
+    shared = 4 * T * si * e if si else 0
+    if si and shape.shared_expert_gated:
+        shared += T * h * e + T * 4  # the shared output and its sigmoid gate, saved by their multiply
+    return routed + router + shared
 
 
 def step_memory(shape: ModelShape, cfg: EstimateConfig, device: str) -> StepMemory:
@@ -409,7 +496,7 @@ def step_memory(shape: ModelShape, cfg: EstimateConfig, device: str) -> StepMemo
         lora_act = 0
     if cfg.gradient_checkpointing:
         layers_saved = L * T * h * res  # each block keeps only its input
-        recompute = per_layer  # one block's activations re-created in backward
+        recompute = layer_activation_bytes(shape, cfg, device, largest=True)  # one block re-created in backward
     else:
         layers_saved, recompute = L * per_layer, 0
     acts = layers_saved + embed + final_norm + logsm + cast_cache + lora_act
