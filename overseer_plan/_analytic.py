@@ -65,6 +65,12 @@ class ModelShape:
     # Mixture of experts (Mixtral, Qwen-MoE, DeepSeek, OLMoE): blocks whose MLP routes each token
     # to `experts_per_token` of `experts` experts (0 for dense models), the experts' width, and the
     # summed width of always-on shared experts (`shared_expert_gated`: scaled by a sigmoid gate).
+    # Norms in a block: over the hidden width (2 in most families, 4 in Gemma 2/3's sandwich
+    # blocks), and whether queries and keys are normalised too (Qwen3, Gemma 3, OLMo 2).
+    block_norms: int = 2
+    qk_norm: bool = False
+    attn_softcap: bool = False  # eager scores soft-capped with tanh (Gemma 2), which saves its output
+    logit_softcap: bool = False  # logits soft-capped with tanh before the loss (Gemma 2)
     moe_layers: int = 0
     experts: int = 0
     experts_per_token: int = 0
@@ -94,7 +100,7 @@ def model_shape(config: PretrainedConfig | Callable[[], PretrainedConfig], finge
     return shape
 
 
-_CENSUS_FORMAT = 4
+_CENSUS_FORMAT = 5
 
 
 def _census_path(fingerprint: str) -> Any:
@@ -193,7 +199,8 @@ def _census(config: PretrainedConfig) -> ModelShape:
     hidden = int(c.hidden_size)
     heads = int(c.num_attention_heads)
     head_dim = int(getattr(c, "head_dim", None) or hidden // heads)
-    inter = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hidden
+    inter = (_mlp_width(blocks[0] if blocks else None, hidden)
+             or getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hidden)
     act = str(getattr(c, "hidden_act", None) or getattr(c, "activation_function", "gelu"))
     gated = any(n in linears for n in ("gate_proj", "w1", "gate_up_proj"))
     return ModelShape(
@@ -222,8 +229,54 @@ def _census(config: PretrainedConfig) -> ModelShape:
         param_shapes=tuple(tuple(int(d) for d in p.shape) for p in model.parameters()),
         linears={k: (v[0], v[1], v[2]) for k, v in linears.items()},
         supports_sdpa=supports_sdpa(config),
+        **_norm_census(blocks[0] if blocks else None, hidden),
+        attn_softcap=bool(getattr(c, "attn_logit_softcapping", None)),
+        logit_softcap=bool(getattr(c, "final_logit_softcapping", None)),
         **_moe_census(model, c),
     )
+
+
+def _mlp_width(block: Any, hidden: int) -> int | None:
+    """The MLP's inner width as the block builds it: the widest input of a projection back to the
+    hidden width inside the block's MLP (config names differ, and some configs carry an
+    `intermediate_size` their class ignores, as Falcon's does)."""
+    if block is None:
+        return None
+    widths = []
+    for name, mod in block.named_modules():
+        if not any(part in name for part in ("mlp", "ffn", "feed_forward")) or "expert" in name:
+            continue
+        weight = getattr(mod, "weight", None)
+        if weight is None or weight.dim() != 2:
+            continue
+        if type(mod).__name__ == "Conv1D":  # GPT-2 stores (in, out)
+            fin, fout = weight.shape
+        elif hasattr(mod, "in_features"):
+            fin, fout = mod.in_features, mod.out_features
+        else:
+            continue
+        if int(fout) == hidden:
+            widths.append(int(fin))
+    return max(widths) if widths else None
+
+
+def _norm_census(block: Any, hidden: int) -> dict[str, Any]:
+    """`block_norms` and `qk_norm` of `ModelShape`, from one block's norm modules (their weights' width)."""
+    if block is None:
+        return {}
+    widths, names = [], set()
+    for name, mod in block.named_modules():
+        if "Norm" not in type(mod).__name__:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        names.add(leaf)
+        if leaf in ("q_norm", "k_norm"):  # per-head widths can equal the hidden width
+            continue
+        weight = getattr(mod, "weight", None)
+        shape = getattr(mod, "normalized_shape", None) or (tuple(weight.shape) if weight is not None else ())
+        widths.append(int(shape[-1]) if shape else 0)
+    block_norms = sum(w == hidden for w in widths)
+    return {"block_norms": block_norms or 2, "qk_norm": {"q_norm", "k_norm"} <= names}
 
 
 def _moe_census(model: Any, config: Any) -> dict[str, Any]:
@@ -393,7 +446,12 @@ def layer_activation_bytes(shape: ModelShape, cfg: EstimateConfig, device: str, 
         norm = {4: 12, 2: 8}[res] if not mixed else 10
     else:
         norm = res + (2 if mixed else res)
-    norms = 2 * norm * T * h
+    # Sandwich blocks (Gemma 2/3) also normalise the attention and MLP outputs before the residual
+    # add, which saves nothing: those keep their input and the normalised value, not an output.
+    norms = (2 * norm + max(0, shape.block_norms - 2) * (norm - res)) * T * h
+    if shape.qk_norm:
+        # q_norm and k_norm save an fp32 copy of their input and the normalised value (HF norms upcast).
+        norms += 8 * T * (nq + nkv)
 
     # Attention inputs saved by the kernel.
     if shape.family == "gpt2":
@@ -409,6 +467,8 @@ def layer_activation_bytes(shape: ModelShape, cfg: EstimateConfig, device: str, 
         drop = shape.attn_dropout > 0
         # fp32 softmax output (+ 16-bit cast), dropout mask and output (Korthikanti's 5as/h term).
         attn = probs * (4 + (e if e != 4 else 0) + ((mask_b + e) if drop else 0))
+        if shape.attn_softcap:
+            attn += probs * e  # tanh's output, saved for its backward
         if cfg.attention == "sdpa":
             attn += T * (nq + nkv) * e  # math SDPA scales q and k into new tensors
         if shape.kv_heads != shape.heads:
@@ -486,6 +546,10 @@ def step_memory(shape: ModelShape, cfg: EstimateConfig, device: str) -> StepMemo
     embed = T * h * res + (T * h * dropout_mask_bytes(res, device) if shape.embd_dropout > 0 else 0)
     final_norm = T * h * (res + (2 if mixed else res))
     logsm = T * V * 4  # fp32 log_softmax output saved by the loss
+    # Soft-capped logits (Gemma 2): tanh's output, in the logits' dtype, lives from the forward's end
+    # until the loss's gradient has passed through it. (Against the trace: exact with checkpointing,
+    # 8% high in fp32 without, where the backward's buffers overlap less; erring high.)
+    softcap = T * V * e if shape.logit_softcap else 0
     # Autocast's 16-bit weight copies: cached for trainable weights until autocast exits; for a
     # frozen (LoRA) base each copy is saved by its matmul instead, which checkpointing drops.
     cast_cache = 2 * shape.linear_params if mixed and (cfg.lora is None or not cfg.gradient_checkpointing) else 0
@@ -504,11 +568,11 @@ def step_memory(shape: ModelShape, cfg: EstimateConfig, device: str) -> StepMemo
     grads_alive = grads if cfg.grad_accum > 1 else 0
     fp32_logits = T * V * 4
     # (1) forward end: 16-bit logits + their fp32 copy + saved log_softmax output.
-    fwd_tmp = T * V * e + (fp32_logits if e != 4 else 0)
+    fwd_tmp = T * V * e + (fp32_logits if e != 4 else 0) + softcap
     # (2) backward start: two fp32 logits-sized gradient buffers (nll_loss / log_softmax backward)
     #     plus the lm_head weight gradient being written.
     head_grad = 0 if (cfg.grad_accum > 1 or cfg.lora is not None) else shape.embedding_params * pbytes
-    bwd_tmp = 2 * fp32_logits + head_grad
+    bwd_tmp = 2 * fp32_logits + head_grad + softcap
     # (3) later in backward with checkpointing: one recomputed block + its input gradient, with most
     #     gradients already written.
     gc_tmp = recompute + 2 * T * h * res
