@@ -71,6 +71,15 @@ FAMILY_ROWS = [
     ({"model_type": "bloom", "n_layer": 4, "hidden_size": 256, "n_head": 4, "vocab_size": 8000},
      dict(batch_size=4, seq_len=256, gradient_checkpointing=True)),
     ({"model_type": "olmo2", **_W, "intermediate_size": 704, "num_key_value_heads": 2}, dict(batch_size=4, seq_len=384)),
+    # Added in the thirteenth pass, after the closed form learned q/k norms, sandwich norms and routed
+    # experts; measured once, nothing fitted on them.
+    ({"model_type": "qwen3", **_W, "intermediate_size": 704, "num_key_value_heads": 2, "head_dim": 64},
+     dict(batch_size=4, seq_len=384)),
+    ({"model_type": "gemma3_text", **_W, "intermediate_size": 704, "num_key_value_heads": 2, "head_dim": 64},
+     dict(batch_size=4, seq_len=384, precision="bf16")),
+    ({"model_type": "qwen2_moe", **_W, "intermediate_size": 704, "num_key_value_heads": 2, "num_experts": 8,
+      "num_experts_per_tok": 2, "moe_intermediate_size": 256, "shared_expert_intermediate_size": 512},
+     dict(batch_size=4, seq_len=256)),
 ]
 
 # Deeper real models from the catalogue: traced at 2 and 4 layers on CPU and extrapolated to 12.
