@@ -62,15 +62,15 @@ class ModelShape:
     # LoRA-able linear layers: name -> (count over the model, in_features, out_features)
     linears: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False)
     supports_sdpa: bool = True  # False where transformers has no SDPA path for the class (Bloom, GPT-J, ...)
-    # Mixture of experts (Mixtral, Qwen-MoE, DeepSeek, OLMoE): blocks whose MLP routes each token
-    # to `experts_per_token` of `experts` experts (0 for dense models), the experts' width, and the
-    # summed width of always-on shared experts (`shared_expert_gated`: scaled by a sigmoid gate).
     # Norms in a block: over the hidden width (2 in most families, 4 in Gemma 2/3's sandwich
     # blocks), and whether queries and keys are normalised too (Qwen3, Gemma 3, OLMo 2).
     block_norms: int = 2
     qk_norm: bool = False
     attn_softcap: bool = False  # eager scores soft-capped with tanh (Gemma 2), which saves its output
     logit_softcap: bool = False  # logits soft-capped with tanh before the loss (Gemma 2)
+    # Mixture of experts (Mixtral, Qwen-MoE, DeepSeek, OLMoE): blocks whose MLP routes each token
+    # to `experts_per_token` of `experts` experts (0 for dense models), the experts' width, and the
+    # summed width of always-on shared experts (`shared_expert_gated`: scaled by a sigmoid gate).
     moe_layers: int = 0
     experts: int = 0
     experts_per_token: int = 0

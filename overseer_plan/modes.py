@@ -2,8 +2,9 @@
 
 The spec's "When to Use" lists are data in `rules/modes.yaml`; this module only interprets them.
 Resource-efficient wins whenever any of its rules holds (every matching reason is kept, so
-the user sees all of them, and so are the standard rules it beat); standard needs one of its rules to hold; when neither does, the
-rulebook has no opinion and the planner's fit decides (`overseer plan`).
+the user sees all of them, and so are the standard rules it beat); standard needs one of its
+rules to hold; when neither does, the rulebook has no opinion and the planner's fit decides
+(`overseer plan`).
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ def choose_mode(hw: Hardware, workload: Workload, rulebook: Rulebook) -> tuple[s
 
     advice = recommend_mode(hw, rulebook, extra={"run.purpose": workload.config.purpose})
     reasons = [f"{rid}: {why}" for rid, why in advice.reasons]
-    reasons += [f"{rid} overruled: the machine needs resource-efficient mode" for rid, _ in advice.overruled]
+    reasons += [f"{rid} overruled: a resource-efficient reason above wins" for rid, _ in advice.overruled]
     return advice.mode, reasons
 
 

@@ -154,7 +154,7 @@ def test_purpose_picks_the_mode_where_the_machine_does_not() -> None:
     assert prod.mode_reasons[0].startswith("mode.standard.production")
     small = _plan(with_overrides(hw, ram_bytes=8 * GiB), purpose="production")
     assert small.mode == "resource-efficient"
-    assert "mode.standard.production overruled: the machine needs resource-efficient mode" in small.mode_reasons
+    assert "mode.standard.production overruled: a resource-efficient reason above wins" in small.mode_reasons
 
 
 def test_a_rule_chosen_standard_that_cannot_fit_falls_back_to_resource_efficient() -> None:
