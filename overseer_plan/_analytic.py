@@ -71,6 +71,14 @@ class ModelShape:
     # Mixture of experts (Mixtral, Qwen-MoE, DeepSeek, OLMoE): blocks whose MLP routes each token
     # to `experts_per_token` of `experts` experts (0 for dense models), the experts' width, and the
     # summed width of always-on shared experts (`shared_expert_gated`: scaled by a sigmoid gate).
+    # Multi-head latent attention (DeepSeek V2/V3): keys and values come out of a normalised
+    # `mla_kv_rank`-wide latent; queries and keys are `mla_qk_head` wide per head, values `mla_v_head`,
+    # of which `mla_rope` dimensions carry the rotary part; queries have a latent of `mla_q_rank` (0: none).
+    mla_kv_rank: int = 0
+    mla_q_rank: int = 0
+    mla_rope: int = 0
+    mla_qk_head: int = 0
+    mla_v_head: int = 0
     moe_layers: int = 0
     experts: int = 0
     experts_per_token: int = 0
@@ -100,7 +108,7 @@ def model_shape(config: PretrainedConfig | Callable[[], PretrainedConfig], finge
     return shape
 
 
-_CENSUS_FORMAT = 5
+_CENSUS_FORMAT = 6
 
 
 def _census_path(fingerprint: str) -> Any:
@@ -233,7 +241,18 @@ def _census(config: PretrainedConfig) -> ModelShape:
         attn_softcap=bool(getattr(c, "attn_logit_softcapping", None)),
         logit_softcap=bool(getattr(c, "final_logit_softcapping", None)),
         **_moe_census(model, c),
+        **_mla_census(c),
     )
+
+
+def _mla_census(config: Any) -> dict[str, Any]:
+    """The latent-attention fields of `ModelShape` (configs with a `kv_lora_rank`, DeepSeek V2/V3)."""
+    rank = getattr(config, "kv_lora_rank", None)
+    if not isinstance(rank, int) or rank <= 0:
+        return {}
+    rope, nope = int(config.qk_rope_head_dim), int(config.qk_nope_head_dim)
+    return {"mla_kv_rank": rank, "mla_q_rank": int(getattr(config, "q_lora_rank", None) or 0), "mla_rope": rope,
+            "mla_qk_head": rope + nope, "mla_v_head": int(config.v_head_dim)}
 
 
 def _mlp_width(block: Any, hidden: int) -> int | None:
@@ -461,6 +480,15 @@ def layer_activation_bytes(shape: ModelShape, cfg: EstimateConfig, device: str, 
     else:
         qkv = T * (nq + 2 * nkv) * e  # rotary q, k copies and v
     out = 2 * T * nq * e  # attention output + the contiguous copy o_proj saves
+    if shape.mla_kv_rank:
+        # Latent attention: the kv latent (+ its rotary part) kept by its norm, the norm's output kept
+        # by the key/value up-projection, whose output the values view; new query and key tensors
+        # (nope and rope parts joined); the output and o_proj's copy of it (v-wide heads).
+        H, r, qk, v = shape.heads, shape.mla_kv_rank, shape.mla_qk_head, shape.mla_v_head
+        nq = nkv = H * qk
+        latent = shape.mla_rope * e + r * norm + (shape.mla_q_rank * norm if shape.mla_q_rank else 0)
+        qkv = T * latent + T * (2 * H * qk + H * (qk - shape.mla_rope + v)) * e
+        out = 3 * T * H * v * e
     mask_b = dropout_mask_bytes(e, device)
     if _uses_math_attention(shape, cfg, device):
         probs = b * shape.heads * s * s

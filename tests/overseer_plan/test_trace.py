@@ -72,6 +72,25 @@ def test_analytic_models_routed_experts(model, precision):
     assert a.live_tensor_bytes == pytest.approx(t.live_tensor_bytes, rel=0.08)
 
 
+def test_analytic_models_latent_attention():
+    # DeepSeek's latent attention saves its kv latent, new query/key tensors wider than a head's
+    # values, and the up-projected keys and values; the closed form once read it as plain heads.
+    from overseer_plan._analytic import model_shape
+    from overseer_plan.models import config_fingerprint
+
+    model = {"model_type": "deepseek_v3", "num_hidden_layers": 2, "hidden_size": 128, "intermediate_size": 256,
+             "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 4000, "n_routed_experts": 4,
+             "num_experts_per_tok": 2, "moe_intermediate_size": 128, "first_k_dense_replace": 1,
+             "q_lora_rank": None, "kv_lora_rank": 64, "qk_rope_head_dim": 16, "qk_nope_head_dim": 32,
+             "v_head_dim": 32, "n_group": 1, "topk_group": 1}
+    config = resolve_model_config(model)
+    shape = model_shape(config, config_fingerprint(config))
+    assert (shape.mla_kv_rank, shape.mla_qk_head, shape.mla_v_head, shape.moe_layers) == (64, 48, 32, 1)
+    c = EstimateConfig(batch_size=4, seq_len=256)
+    a, t = estimate(model, c, method="analytic"), estimate(model, c, method="traced")
+    assert a.live_tensor_bytes == pytest.approx(t.live_tensor_bytes, rel=0.10)
+
+
 def test_trace_peak_equals_memtracker():
     import torch
     import transformers
