@@ -241,20 +241,15 @@ def make_plan(hardware: Hardware, workload: Workload, rulebook: Rulebook | None 
     book = rulebook or load_rulebook()
     mode, reasons = choose_mode(hardware, workload, book)
     user_mode = workload.mode or "resource_efficient_mode" in workload.config.explicit_fields()
-    if mode is None:
-        # Between the when-to-use lists: standard if its preset can be fitted, else resource-efficient.
-        plan = _plan_in_mode(hardware, workload, book, "standard", ["fit: between the when-to-use lists; standard fits"])
+    if mode is None or (mode == "standard" and not user_mode):
+        # Between the when-to-use lists, or a rule (a high-end machine, a production purpose) asking
+        # for standard: standard if its preset can be fitted; else the gentler preset is still a run.
+        plan = _plan_in_mode(hardware, workload, book, "standard",
+                             reasons or ["fit: between the when-to-use lists; standard fits"])
         if plan.feasible:
             return plan
-        reasons = ["fit: between the when-to-use lists; standard does not fit this budget"]
-        mode = "resource-efficient"
-    elif mode == "standard" and not user_mode:
-        # A rule (a high-end machine, a production purpose) asked for standard; if nothing fits in
-        # it, the gentler preset is still a run rather than none.
-        plan = _plan_in_mode(hardware, workload, book, mode, reasons)
-        if plan.feasible:
-            return plan
-        reasons = [*reasons, "fit: standard does not fit this budget; resource-efficient instead"]
+        reasons = ([*reasons, "fit: standard does not fit this budget; resource-efficient instead"] if reasons
+                   else ["fit: between the when-to-use lists; standard does not fit this budget"])
         mode = "resource-efficient"
     return _plan_in_mode(hardware, workload, book, mode, reasons)
 

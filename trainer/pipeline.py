@@ -7,8 +7,9 @@
 
 Flag semantics (see `run_pipeline`): `--download-data` alone fetches `data_sources` (none configured and
 no --data: a default public-domain corpus, `DEFAULT_DOWNLOAD_SOURCE`); with a SOURCE it fetches that
-instead. `--continuous-learning` with no data at all watches `WATCH_FOLDER` beside the run directory. Without `--download-data`, `data_sources` come
-from the data cache only (no network). `--rounds` and `--watch-interval` need `--continuous-learning`.
+instead. `--continuous-learning` with no data at all watches `WATCH_FOLDER` beside the run directory.
+Without `--download-data`, `data_sources` come from the data cache only (no network). `--rounds` and
+`--watch-interval` need `--continuous-learning`.
 """
 
 from __future__ import annotations
