@@ -154,7 +154,8 @@ def train(config: TrainingConfig, *, auto: bool = False, mode: str | None = None
     if demo:
         notes.append(demo)
     if auto:
-        config, notes, fits = plan_config(config, mode=mode)
+        config, plan_notes, fits = plan_config(config, mode=mode)
+        notes += plan_notes
     else:
         # Settings as given, but each OOM rung is still checked against the estimate (as with --auto):
         # mixed precision off is only taken where the estimate says it saves memory.

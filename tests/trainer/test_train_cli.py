@@ -123,6 +123,15 @@ def test_auto_with_a_development_purpose_plans_resource_efficient(tmp_path, monk
     assert any(t.startswith("plan: resource-efficient mode") for t in notes), notes
 
 
+def test_auto_on_the_embedded_default_logs_what_the_demo_changed(tmp_path, monkeypatch):
+    # The planner's notes come after the demo's note; they once replaced it.
+    r = _invoke(["--auto", "--max-steps", "1", "--output", str(tmp_path / "run"), "--cpu-only"], tmp_path, monkeypatch)
+    assert r.exit_code == 0, r.output
+    notes = [e["text"] for e in read_jsonl(tmp_path / "run" / "events.jsonl") if e["event"] == "note"]
+    assert any(t.startswith("embedded default (overseer-tiny") for t in notes), notes
+    assert any(t.startswith("plan: ") for t in notes), notes
+
+
 def test_a_second_run_without_output_never_lands_on_the_first(tmp_path, monkeypatch):
     model, data = tiny_model_dir(tmp_path), tiny_corpus(tmp_path)
     monkeypatch.chdir(tmp_path)  # the default --output, overseer-runs/run, is relative
