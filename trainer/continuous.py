@@ -313,7 +313,28 @@ class _Session:
         if result.interrupted:
             return "interrupted"
         self._finish(record, result)
+        self._give_back_memory()
         return "trained"
+
+    def _give_back_memory(self) -> None:
+        """The round's model and data are gone and the process may wait for hours now: return what they held.
+
+        Without this the freed pages stay in glibc's heap (and CUDA's cache) for as long as no new data
+        comes, out of reach of the other applications on the machine.
+        """
+        import torch
+
+        from trainer.oom import free_memory
+
+        reserved = torch.cuda.memory_reserved() if torch.cuda.is_initialized() else 0
+        got = free_memory("cuda" if reserved else "cpu")
+        gpu = reserved - (torch.cuda.memory_reserved() if reserved else 0)
+        if got["host_released_bytes"] or gpu:
+            from overseer_plan.units import fmt_bytes
+
+            self.reporter.message(f"continuous: gave back {fmt_bytes(got['host_released_bytes'])} of freed RAM"
+                                  + (f" and {fmt_bytes(gpu)} of cached GPU memory" if gpu else "")
+                                  + " to the system between rounds")
 
     def _finish(self, record: RoundRecord, result: TrainResult) -> None:
         cp = _latest_checkpoint(self.run_dir)

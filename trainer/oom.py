@@ -133,7 +133,7 @@ def step_up(config: TrainingConfig, history: list[TrainingConfig]) -> TrainingCo
 
 
 def free_memory(device_type: str) -> dict[str, int]:
-    """Collect garbage and empty the device cache; memory figures before and after, in bytes.
+    """Collect garbage, give freed heap pages and the device cache back; memory figures before and after, in bytes.
 
     Call it after leaving the `except` block: inside it the traceback still pins the failed frames'
     tensors (PyTorch FAQ, "My out of memory exception handler can't allocate memory").
@@ -142,13 +142,17 @@ def free_memory(device_type: str) -> dict[str, int]:
     gc.collect()
     import torch
 
+    from trainer.memory import release_freed_memory
+
+    # The failed step's freed tensors stay resident in glibc's heap; in a container the cgroup counts them.
+    released = release_freed_memory().freed_bytes
     if device_type == "cuda":
         torch.cuda.empty_cache()
     elif device_type == "mps":
         torch.mps.empty_cache()
     elif device_type == "xpu":
         torch.xpu.empty_cache()
-    return {"before_bytes": before, "after_bytes": _memory_in_use(device_type)}
+    return {"before_bytes": before, "after_bytes": _memory_in_use(device_type), "host_released_bytes": released}
 
 
 def _memory_in_use(device_type: str) -> int:

@@ -31,7 +31,7 @@ def test_injected_ooms_keep_steps_effective_batch_and_loss(tmp_path, monkeypatch
     assert all(d["effective_batch_size"] == 8 and d["rule"] == "ladder.oom.batch-size" for d in downs)
     ooms = [e for e in events if e["event"] == "oom"]
     assert [o["micro_step"] for o in ooms] == picks
-    assert all("before_bytes" in o and "after_bytes" in o for o in ooms)
+    assert all("before_bytes" in o and "after_bytes" in o and "host_released_bytes" in o for o in ooms)
 
 
 def test_oom_at_the_floor_stops_with_doctor_advice(tmp_path, monkeypatch):
