@@ -82,6 +82,18 @@ FAMILY_ROWS = [
      dict(batch_size=4, seq_len=256)),
 ]
 
+# LoRA on a frozen base, measured with peft (`pip install peft`), which the trace then also uses.
+_QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
+LORA_ROWS = [
+    (QWEN, dict(batch_size=4, seq_len=384, lora=dict(rank=8, targets=["q_proj", "v_proj"]))),
+    (QWEN, dict(batch_size=4, seq_len=384, lora=dict(rank=16, targets=_QKVO + ["gate_proj", "up_proj", "down_proj"]))),
+    (QWEN, dict(batch_size=4, seq_len=384, gradient_checkpointing=True, lora=dict(rank=8, targets=["q_proj", "v_proj"]))),
+    (QWEN, dict(batch_size=4, seq_len=384, precision="bf16", lora=dict(rank=8, targets=["q_proj", "v_proj"]))),
+    (QWEN, dict(batch_size=4, seq_len=384, lora=dict(rank=8, targets=_QKVO, dropout=0.1))),
+    (GPT2_5, dict(batch_size=6, seq_len=256, lora=dict(rank=8, targets=["c_attn"]))),
+    (QWEN, dict(batch_size=4, seq_len=384, precision="bf16-pure", lora=dict(rank=8, targets=["q_proj", "v_proj"]))),
+]
+
 # Deeper real models from the catalogue: traced at 2 and 4 layers on CPU and extrapolated to 12.
 DEEP_ROWS = [
     ("gpt2", dict(batch_size=2, seq_len=256)),
@@ -98,10 +110,11 @@ def _cell(v: float | None, real: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2, help="protocol runs per row")
-    ap.add_argument("--rows", choices=("all", "shapes", "settings", "families", "deep"), default="all",
+    ap.add_argument("--rows", choices=("all", "shapes", "settings", "families", "deep", "lora"), default="all",
                     help="shapes: other models and shapes; settings: optimizers, attention, precisions, accumulation; "
                          "families: architectures outside the matrix (Gemma, Phi-3, OPT, Falcon, Mixtral, Bloom, ...); "
-                         "deep: 12-layer catalogue models (GPT-2, Pythia-160M), ~5 min")
+                         "deep: 12-layer catalogue models (GPT-2, Pythia-160M), ~5 min; "
+                         "lora: LoRA adapters on a frozen base (needs peft)")
     args = ap.parse_args()
     os.environ["OVERSEER_CACHE_DIR"] = tempfile.mkdtemp(prefix="overseer-heldout-")  # shipped defaults only
     from estimator_accuracy import _heap_models
@@ -115,7 +128,7 @@ def main() -> None:
           "analytic (err) |")
     print("|---|---|---|---|---|---|---|---|")
     rows = {"all": SHAPE_ROWS + SETTING_ROWS + FAMILY_ROWS + DEEP_ROWS, "shapes": SHAPE_ROWS,
-            "settings": SETTING_ROWS, "families": FAMILY_ROWS, "deep": DEEP_ROWS}[args.rows]
+            "settings": SETTING_ROWS, "families": FAMILY_ROWS, "deep": DEEP_ROWS, "lora": LORA_ROWS}[args.rows]
     for model, settings in rows:
         cfg = EstimateConfig(**settings)
         name = model if isinstance(model, str) else None
@@ -124,7 +137,8 @@ def main() -> None:
         job = {"config": {k: v for k, v in model.items() if k != "name"}, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len,
                "grad_accum": cfg.grad_accum, "gradient_checkpointing": cfg.gradient_checkpointing,
                "precision": cfg.precision, "optimizer": cfg.optimizer, "steps": 3,
-               "attention": settings.get("attention")}  # None: the default implementation, as the protocol says
+               "attention": settings.get("attention"),  # None: the default implementation, as the protocol says
+               "lora": cfg.lora.model_dump() if cfg.lora else None}
         runs = [measure(job)["peak_delta_bytes"] for _ in range(args.repeats)]
         real = sum(runs) / len(runs)
         with quiet_transformers():

@@ -581,11 +581,18 @@ def step_memory(shape: ModelShape, cfg: EstimateConfig, device: str) -> StepMemo
     # Autocast's 16-bit weight copies: cached for trainable weights until autocast exits; for a
     # frozen (LoRA) base each copy is saved by its matmul instead, which checkpointing drops.
     cast_cache = 2 * shape.linear_params if mixed and (cfg.lora is None or not cfg.gradient_checkpointing) else 0
+    lora_targets = (cfg.lora.targets or default_lora_targets(shape)) if cfg.lora is not None else []
     if cfg.lora is not None and not mixed:
         # Frozen linears save only their input; LoRA adds r-wide intermediates (small).
-        lora_act = 2 * T * cfg.lora.rank * e * len(cfg.lora.targets or default_lora_targets(shape)) * L
+        lora_act = 2 * T * cfg.lora.rank * e * len(lora_targets) * L
     else:
         lora_act = 0
+    if cfg.lora is not None and cfg.lora.dropout > 0:
+        # peft drops out each adapter's input separately, and lora_A saves that copy (+ dropout's
+        # mask or noise): one input-sized tensor per adapted linear, per block that keeps its own.
+        per_block = sum(n * fin for key, (n, fin, _) in shape.linears.items() if key in lora_targets) / max(L, 1)
+        kept = 1 if cfg.gradient_checkpointing else L
+        lora_act += kept * T * per_block * (res + dropout_mask_bytes(res, device))
     if cfg.gradient_checkpointing:
         layers_saved = L * T * h * res  # each block keeps only its input
         recompute = layer_activation_bytes(shape, cfg, device, largest=True)  # one block re-created in backward

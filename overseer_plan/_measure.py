@@ -12,6 +12,9 @@ This is what "measured" means for the estimator (bench/estimator_accuracy.py) an
    ``bf16-pure`` builds the model in bf16 (parameters, gradients and optimizer states), and the
    other optimizers are the trainer's (`trainer.optim.make_optimizer`: SGD with momentum,
    transformers' Adafactor with an external learning rate, bitsandbytes' AdamW8bit);
+   with ``"lora": {"rank": r, "targets": [...]}`` the base is frozen and peft's
+   ``get_peft_model`` adds LoRA adapters (alpha 2r, the job's dropout), and the optimizer gets the
+   trainable (adapter) parameters only, as a peft fine-tuning script does;
 5. reports ``ru_maxrss`` minus the RSS recorded after the imports.
 
 With ``"device": "cuda"`` in the job (the GPU protocol) the model is built the same way on the
@@ -100,6 +103,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         import transformers.optimization  # noqa: F401
 
         from trainer.optim import make_optimizer
+    lora = job.get("lora")
+    if lora:
+        import peft  # before the baseline: a peft script has it loaded before it trains
     device = job.get("device", "cpu")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, not {device!r}")
@@ -130,15 +136,21 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     if job.get("gradient_checkpointing"):
         # transformers 5 checkpoints non-reentrantly by default (the trace pins the same).
         model.gradient_checkpointing_enable()
+    if lora:
+        rank = int(lora["rank"])
+        model = peft.get_peft_model(model, peft.LoraConfig(r=rank, lora_alpha=2 * rank,
+                                                           lora_dropout=float(lora.get("dropout", 0.0)),
+                                                           target_modules=lora["targets"], task_type="CAUSAL_LM"))
     model.train()
     if device == "cuda":
         model.to("cuda")
 
+    params = [p for p in model.parameters() if p.requires_grad]
     if opt_name == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        opt = torch.optim.AdamW(params, lr=1e-4)
     else:
         # What the trainer runs for the memory-lean optimizers (its AdamW differs only in betas).
-        opt = make_optimizer(opt_name, [{"params": list(model.parameters())}], 1e-4)
+        opt = make_optimizer(opt_name, [{"params": params}], 1e-4)
 
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     b, s, ga = int(job["batch_size"]), int(job["seq_len"]), int(job.get("grad_accum", 1))
@@ -197,7 +209,8 @@ def measure(job: dict[str, Any], *, timeout_s: float = 1800.0) -> dict[str, Any]
     `job` keys: config (HF config dict with model_type), batch_size, seq_len, grad_accum,
     precision ('fp32'|'bf16'|'fp16'|'bf16-pure'), gradient_checkpointing,
     optimizer ('adamw'|'sgd'|'adafactor'|'adamw8bit', the last with bitsandbytes),
-    attention (None = the transformers default), steps (3), seed, device ('cpu' | 'cuda').
+    attention (None = the transformers default), steps (3), seed, device ('cpu' | 'cuda'),
+    lora ({'rank': r, 'targets': [module names]}; needs peft).
     """
     proc = subprocess.run(
         [sys.executable, "-m", "overseer_plan._measure"],

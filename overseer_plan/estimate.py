@@ -39,6 +39,8 @@ class LoraSettings(StrictModel):
     """Adapter rank r."""
     targets: list[str] | None = None
     """Linear module names to adapt (e.g. ['q_proj', 'v_proj']); None = peft's default for the family."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """peft's lora_dropout: each adapter then keeps its own dropped-out copy of its input for backward."""
 
 
 class EstimateConfig(StrictModel):
@@ -482,12 +484,15 @@ def estimate(
     if device == "cpu":
         half = is_half_precision(cfg.precision)
         long_run = long_run_heap_bytes(churn, cfg.grad_accum, cal, _analytic.step_block_sizes(shape, cfg, device))
+        frozen = cfg.lora is not None
         if heap_growth is not None:
-            peak = cpu_rss_from_trace(heap_growth, sim_peak, churn, cal, half=half)
+            peak = cpu_rss_from_trace(heap_growth, sim_peak, churn, cal, half=half, frozen=frozen)
         else:
-            peak = cpu_rss_from_sim(sim_peak, cal, churn, half=half)
+            peak = cpu_rss_from_sim(sim_peak, cal, churn, half=half, frozen=frozen)
         if half and cal.cpu.half_precision_bytes:
             notes.append(f"cpu: {cal.cpu.half_precision_bytes / 2**20:+.0f} MiB calibrated offset for 16-bit matmuls")
+        if frozen and cal.cpu.frozen_base_bytes:
+            notes.append(f"cpu: {cal.cpu.frozen_base_bytes / 2**20:+.0f} MiB calibrated offset for a frozen base (LoRA)")
         host = peak + cal.import_rss_bytes
         notes.append("cpu: peak_bytes is RSS growth over the post-import baseline; host_peak adds the baseline")
         if long_run:

@@ -618,47 +618,61 @@ def _real_sdp_choice(func: Any, args: tuple, kwargs: dict) -> Any:
         return func(*[stand_in(a) for a in args], **{k: stand_in(v) for k, v in kwargs.items()})
 
 
-def _apply_lora(model: Any, rank: int, targets: list[str] | None) -> None:
-    """Freeze the base and add LoRA adapters: peft when importable, else a minimal equivalent."""
+def _apply_lora(model: Any, rank: int, targets: list[str] | None, dropout: float = 0.0) -> None:
+    """Freeze the base and wrap each target linear with a LoRA adapter, as peft's `lora.Linear` runs.
+
+    Not peft itself: under fake mode peft's move of each new adapter to its base layer's device
+    and dtype (`Module.to`) must swap the parameter, which fails on a tensor that the allocation log
+    holds a weak reference to. The forward below is peft's (`result + B(A(dropout(x))) * scaling`,
+    adapters in the base's dtype), so the tensors are the same; bench/estimator_heldout.py --rows lora
+    measures real peft against it.
+    """
     import torch
 
     targets = targets or _default_lora_targets(model)
-    try:
-        import peft  # type: ignore[import-not-found]
-    except ImportError:
-        peft = None
-    if peft is not None:
-        cfg = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, lora_dropout=0.0)
-        peft.inject_adapter_in_model(cfg, model)
-        for name, p in model.named_parameters():
-            p.requires_grad_("lora_" in name)
-        return
 
     class _LoRALinear(torch.nn.Module):
-        # y = W x + B(A x) * alpha/r with W frozen (Hu et al. 2021, arXiv 2106.09685).
+        # y = W x + B(A drop(x)) * alpha/r with W frozen (Hu et al. 2021, arXiv 2106.09685), alpha = 2r.
         def __init__(self, base: Any) -> None:
             super().__init__()
             self.base = base
-            self.lora_A = torch.nn.Linear(base.in_features, rank, bias=False)
-            self.lora_B = torch.nn.Linear(rank, base.out_features, bias=False)
+            dtype = base.weight.dtype
+            fan_in, fan_out = _linear_features(base)
+            self.lora_A = torch.nn.Linear(fan_in, rank, bias=False, dtype=dtype)
+            self.lora_B = torch.nn.Linear(rank, fan_out, bias=False, dtype=dtype)
             torch.nn.init.zeros_(self.lora_B.weight)
 
         def forward(self, x: Any) -> Any:
-            return self.base(x) + self.lora_B(self.lora_A(x)) * 2.0
+            result = self.base(x)
+            out_dtype = result.dtype
+            x = x.to(self.lora_A.weight.dtype)  # peft's _cast_input_dtype: a copy under autocast for 16-bit inputs
+            dropped = torch.nn.functional.dropout(x, dropout, self.training) if dropout > 0 else x
+            return (result + self.lora_B(self.lora_A(dropped)) * 2.0).to(out_dtype)
 
     for p in model.parameters():
         p.requires_grad_(False)
     for mod in list(model.modules()):
         for child_name, child in list(mod.named_children()):
-            if isinstance(child, torch.nn.Linear) and child_name in targets:
+            if _linear_features(child) is not None and child_name in targets:
                 setattr(mod, child_name, _LoRALinear(child))
+
+
+def _linear_features(module: Any) -> tuple[int, int] | None:
+    """(in, out) features of a linear layer: torch's Linear, or transformers' Conv1D (GPT-2's c_attn,
+    weight stored [in, out]); None for anything else."""
+    import torch
+
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None and module.weight.dim() == 2:
+        return int(module.weight.shape[0]), int(module.weight.shape[1])
+    return None
 
 
 def _default_lora_targets(model: Any) -> list[str]:
     """peft's usual default: the attention query/value projections, by the names this family uses."""
-    import torch
 
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _linear_features(m) is not None}
     for pair in (["q_proj", "v_proj"], ["query_key_value"], ["c_attn"]):
         if set(pair) <= names:
             return pair
@@ -732,7 +746,7 @@ def _run(config: PretrainedConfig, cfg: EstimateConfig, device: str, num_layers:
             config, attn_implementation=cfg.attention, dtype=dtype
         )
         if cfg.lora is not None:
-            _apply_lora(model, cfg.lora.rank, cfg.lora.targets)
+            _apply_lora(model, cfg.lora.rank, cfg.lora.targets, cfg.lora.dropout)
         if cfg.gradient_checkpointing:
             with warnings.catch_warnings():  # renamed activation_checkpointing_enable in transformers 5.2x
                 warnings.simplefilter("ignore", FutureWarning)

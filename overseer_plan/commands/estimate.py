@@ -32,6 +32,9 @@ def estimate_command(
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | sgd | adafactor | adamw8bit."),
     attention: str = typer.Option("sdpa", "--attention", help="eager | sdpa."),
     lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="Train LoRA adapters of this rank on a frozen base."),  # noqa: UP045
+    lora_targets: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--lora-targets", help="Comma-separated linear layers to adapt (default: the family's query/value)."),
+    lora_dropout: float = typer.Option(0.0, "--lora-dropout", help="peft's lora_dropout (each adapter keeps a copy of its input)."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda: the device that trains."),
     method: str = typer.Option("analytic", "--method", help="analytic (instant) | traced (fake-tensor dry run, seconds)."),
     calibrate: bool = typer.Option(False, "--calibrate", help="First measure this machine (about a minute) and store its factors."),
@@ -52,10 +55,17 @@ def estimate_command(
             raise UserInputError(f"--{flag}: {value!r} is not one of {', '.join(allowed)}")
     if lora_rank is not None and lora_rank < 1:
         raise UserInputError(f"--lora-rank must be at least 1 (got {lora_rank})")
+    if lora_rank is None and (lora_targets is not None or lora_dropout):
+        raise UserInputError("--lora-targets and --lora-dropout need --lora-rank")
+    if not 0 <= lora_dropout < 1:
+        raise UserInputError(f"--lora-dropout must be at least 0 and below 1 (got {lora_dropout})")
+    targets = [t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets is not None else None
+    if targets is not None and not targets:
+        raise UserInputError("--lora-targets: give at least one layer name, e.g. q_proj,v_proj")
     cfg = EstimateConfig.build(
         batch_size=batch_size, seq_len=seq_len, grad_accum=grad_accum, precision=precision,
         gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, attention=attention,
-        lora=LoraSettings(rank=lora_rank) if lora_rank is not None else None,
+        lora=LoraSettings(rank=lora_rank, targets=targets, dropout=lora_dropout) if lora_rank is not None else None,
     )
     if calibrate:
         from overseer_plan.calibration import calibrate as run_calibration
@@ -104,7 +114,8 @@ def _render(est: object) -> None:
         f"settings   batch {cfg.batch_size} x seq {cfg.seq_len}, grad-accum {cfg.grad_accum}, {cfg.precision}, "
         f"{cfg.optimizer}, {cfg.attention}"
         + (", checkpointing" if cfg.gradient_checkpointing else "")
-        + (f", LoRA r={cfg.lora.rank}" if cfg.lora else ""),
+        + (f", LoRA r={cfg.lora.rank}" + (f" on {','.join(cfg.lora.targets)}" if cfg.lora.targets else "")
+           + (f" dropout {cfg.lora.dropout:g}" if cfg.lora.dropout else "") if cfg.lora else ""),
         f"method     {e.method} on {e.device}",  # type: ignore[attr-defined]
         "",
         f"{'parameters':<18}{fmt_bytes(bd.parameters):>12}",

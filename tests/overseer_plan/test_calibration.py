@@ -52,6 +52,30 @@ def test_estimate_applies_the_half_precision_offset_to_16_bit_runs_only(tmp_path
     assert any("16-bit matmuls" in n for n in est.notes)
 
 
+def test_estimate_applies_the_frozen_base_offset_to_lora_runs_only(tmp_path):
+    from overseer_plan.estimate import LoraSettings
+
+    full, lora = EstimateConfig(), EstimateConfig(lora=LoraSettings(rank=4))
+    _write(tmp_path, frozen_base_bytes=0)
+    base_full, base_lora = estimate("overseer-tiny", full), estimate("overseer-tiny", lora)
+    _write(tmp_path, frozen_base_bytes=-30 * MiB)
+    assert estimate("overseer-tiny", full).peak_bytes == base_full.peak_bytes
+    est = estimate("overseer-tiny", lora)
+    assert est.peak_bytes == base_lora.peak_bytes - 30 * MiB
+    assert any("frozen base (LoRA)" in n for n in est.notes)
+
+
+def test_a_file_written_before_the_frozen_base_offset_gets_the_shipped_one(tmp_path):
+    import torch
+
+    data = DEFAULTS.model_dump(mode="json")
+    data["torch_version"] = torch.__version__
+    del data["cpu"]["frozen_base_bytes"]
+    (tmp_path / "calibration.json").write_text(json.dumps(data))
+    cal, _ = load_calibration()
+    assert cal.cpu.frozen_base_bytes == DEFAULTS.cpu.frozen_base_bytes < 0
+
+
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"cpu": {"scale": "x"}}), "[]"])
 def test_malformed_file_is_ignored_with_a_warning(tmp_path, content):
     (tmp_path / "calibration.json").write_text(content)

@@ -225,6 +225,10 @@ def test_cli_table_and_json():
         ["--model", str(ASSETS / "unbuildable-config.json")],  # pad_token_id outside its vocabulary
         ["--precision", "fp8"],
         ["--lora-rank", "0"],
+        ["--lora-dropout", "0.1"],
+        ["--lora-rank", "4", "--lora-dropout", "1.5"],
+        ["--lora-rank", "4", "--lora-targets", ","],
+        ["--lora-rank", "4", "--lora-targets", "no_such_proj"],
         *([["--calibrate", "--device", "cuda"]] if not _cuda() else []),
     ],
 )

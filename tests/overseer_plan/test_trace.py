@@ -125,6 +125,33 @@ def test_lora_traces_with_frozen_base():
     assert t.live_tensor_bytes < full.live_tensor_bytes
 
 
+def test_lora_adapts_gpt2_conv1d_layers_and_pure_bf16_bases():
+    # GPT-2's c_attn is transformers' Conv1D, not nn.Linear: adapted like peft adapts it.
+    gpt2 = estimate(SMALL["gpt2"], EstimateConfig(batch_size=2, seq_len=128, lora=LoraSettings(rank=4)),
+                    method="traced")
+    assert gpt2.model_info.trainable_params == 2 * 4 * (128 + 3 * 128)  # 2 blocks x r x (in + out) of c_attn
+    # AdamW: two fp32 states per adapter parameter (+ a 4-byte step count per tensor).
+    assert gpt2.breakdown.optimizer_states == pytest.approx(2 * 4 * gpt2.model_info.trainable_params, abs=64)
+    # Adapters take the base's dtype (a bf16 base with fp32 adapters could not multiply).
+    pure = estimate(SMALL["llama"], EstimateConfig(batch_size=2, seq_len=128, precision="bf16-pure",
+                                                   lora=LoraSettings(rank=4)), method="traced")
+    assert pure.breakdown.optimizer_states == pytest.approx(2 * 2 * pure.model_info.trainable_params, abs=64)
+
+
+def test_lora_dropout_keeps_one_input_copy_per_adapter():
+    def live(method: str, dropout: float) -> int:
+        c = EstimateConfig(batch_size=4, seq_len=256, lora=LoraSettings(rank=8, dropout=dropout,
+                                                                          targets=["q_proj", "k_proj", "v_proj"]))
+        return estimate(SMALL["llama"], c, method=method).breakdown.activations
+
+    # The closed form: 3 adapters x 2 blocks x (the dropped-out copy + CPU dropout's fp32 noise) of a
+    # 4 x 256 x 128 input. The trace keeps less (7 of those 12 input-sized tensors at its peak): the
+    # shared input itself is no longer saved once every adapter saves its own copy.
+    unit = 4 * 256 * 128 * 4
+    assert live("analytic", 0.1) - live("analytic", 0.0) == 12 * unit
+    assert 4 * unit <= live("traced", 0.1) - live("traced", 0.0) <= 12 * unit
+
+
 def test_deep_models_are_extrapolated_in_depth():
     deep = dict(SMALL["llama"], num_hidden_layers=10)
     config = resolve_model_config(deep)
