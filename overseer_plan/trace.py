@@ -671,7 +671,6 @@ def _linear_features(module: Any) -> tuple[int, int] | None:
 
 def _default_lora_targets(model: Any) -> list[str]:
     """peft's usual default: the attention query/value projections, by the names this family uses."""
-
     names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _linear_features(m) is not None}
     for pair in (["q_proj", "v_proj"], ["query_key_value"], ["c_attn"]):
         if set(pair) <= names:

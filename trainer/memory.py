@@ -12,8 +12,8 @@ How. `malloc_trim(0)` walks glibc's free lists, unmaps whole free pages anywhere
 touched. It costs 15-50 ms on a heap of a few hundred MiB, and whatever is released is faulted in
 again when it is next used. So it runs where memory is released for good or needed now: after an
 OOM (trainer/oom.py) and between continuous-learning rounds. After every optimizer step it was
-measured and not adopted: 6% lower peak at one micro-batch per step, 1% at four, for 4-17% of
-the step's time (BENCHMARKS.md). Elsewhere (macOS, Windows, musl) there is nothing to call and
+measured and not adopted: a 3-12% lower peak at one micro-batch per step, none at four, for 5-25%
+of the step's time (BENCHMARKS.md, section 9). Elsewhere (macOS, Windows, musl) there is nothing to call and
 the release reports zero.
 """
 

@@ -213,6 +213,20 @@ def test_cli_table_and_json():
     assert "reserved" in res.output and "CUDA context" in res.output
 
 
+def test_cli_lora_flags_reach_the_estimate():
+    runner = CliRunner()
+    base = ["estimate", "--model", str(ASSETS / "tiny-gpt2"), "--seq-len", "128", "--lora-rank", "4"]
+    plain = json.loads(runner.invoke(_app(), [*base, "--json"]).stdout)
+    res = runner.invoke(_app(), [*base, "--lora-targets", "c_attn,c_proj", "--lora-dropout", "0.1", "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["config"]["lora"] == {"rank": 4, "targets": ["c_attn", "c_proj"], "dropout": 0.1}
+    assert got["model_info"]["trainable_params"] > plain["model_info"]["trainable_params"]
+    assert got["breakdown"]["activations"] > plain["breakdown"]["activations"]
+    table = runner.invoke(_app(), [*base, "--lora-targets", "c_attn", "--lora-dropout", "0.05"]).output
+    assert "LoRA r=4 on c_attn dropout 0.05" in table
+
+
 @pytest.mark.parametrize(
     "args",
     [
