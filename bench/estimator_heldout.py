@@ -94,6 +94,12 @@ LORA_ROWS = [
     (QWEN, dict(batch_size=4, seq_len=384, precision="bf16-pure", lora=dict(rank=8, targets=["q_proj", "v_proj"]))),
 ]
 
+# LoRA on real catalogue models (deep: traced at two reduced depths and extrapolated).
+LORA_DEEP_ROWS = [
+    ("qwen2-0.5b", dict(batch_size=1, seq_len=512, lora=dict(rank=8, targets=["q_proj", "v_proj"]))),
+    ("gpt2", dict(batch_size=4, seq_len=512, gradient_checkpointing=True, lora=dict(rank=16, targets=["c_attn"]))),
+]
+
 # Deeper real models from the catalogue: traced at 2 and 4 layers on CPU and extrapolated to 12.
 DEEP_ROWS = [
     ("gpt2", dict(batch_size=2, seq_len=256)),
@@ -110,11 +116,11 @@ def _cell(v: float | None, real: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2, help="protocol runs per row")
-    ap.add_argument("--rows", choices=("all", "shapes", "settings", "families", "deep", "lora"), default="all",
+    ap.add_argument("--rows", choices=("all", "shapes", "settings", "families", "deep", "lora", "lora-deep"), default="all",
                     help="shapes: other models and shapes; settings: optimizers, attention, precisions, accumulation; "
                          "families: architectures outside the matrix (Gemma, Phi-3, OPT, Falcon, Mixtral, Bloom, ...); "
                          "deep: 12-layer catalogue models (GPT-2, Pythia-160M), ~5 min; "
-                         "lora: LoRA adapters on a frozen base (needs peft)")
+                         "lora: LoRA adapters on a frozen base (needs peft); lora-deep: LoRA on Qwen2-0.5B and GPT-2")
     args = ap.parse_args()
     os.environ["OVERSEER_CACHE_DIR"] = tempfile.mkdtemp(prefix="overseer-heldout-")  # shipped defaults only
     from estimator_accuracy import _heap_models
@@ -128,7 +134,8 @@ def main() -> None:
           "analytic (err) |")
     print("|---|---|---|---|---|---|---|---|")
     rows = {"all": SHAPE_ROWS + SETTING_ROWS + FAMILY_ROWS + DEEP_ROWS, "shapes": SHAPE_ROWS,
-            "settings": SETTING_ROWS, "families": FAMILY_ROWS, "deep": DEEP_ROWS, "lora": LORA_ROWS}[args.rows]
+            "settings": SETTING_ROWS, "families": FAMILY_ROWS, "deep": DEEP_ROWS, "lora": LORA_ROWS,
+            "lora-deep": LORA_DEEP_ROWS}[args.rows]
     for model, settings in rows:
         cfg = EstimateConfig(**settings)
         name = model if isinstance(model, str) else None
