@@ -59,7 +59,9 @@ class ModelShape:
     linear_params: int  # weights of nn.Linear/Conv1D layers (autocast caches 16-bit copies of these)
     param_numels: tuple[int, ...] = field(repr=False)
     param_shapes: tuple[tuple[int, ...], ...] = field(default=(), repr=False)
-    # LoRA-able linear layers: name -> (count over the model, in_features, out_features)
+    # LoRA-able linear layers: name -> (count over the model, in_features and out_features summed over
+    # those layers). Sums, because one name may hold layers of different widths: GPT-2's `c_proj` is
+    # both the attention's 768 -> 768 and the MLP's 3072 -> 768.
     linears: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False)
     supports_sdpa: bool = True  # False where transformers has no SDPA path for the class (Bloom, GPT-J, ...)
     # Norms in a block: over the hidden width (2 in most families, 4 in Gemma 2/3's sandwich
@@ -108,7 +110,7 @@ def model_shape(config: PretrainedConfig | Callable[[], PretrainedConfig], finge
     return shape
 
 
-_CENSUS_FORMAT = 6
+_CENSUS_FORMAT = 7  # 7: `linears` holds summed widths
 
 
 def _census_path(fingerprint: str) -> Any:
@@ -196,8 +198,10 @@ def _census(config: PretrainedConfig) -> ModelShape:
             continue
         linear_params += weight.numel()
         key = name.rsplit(".", 1)[-1]
-        entry = linears.setdefault(key, [0, int(fin), int(fout)])
+        entry = linears.setdefault(key, [0, 0, 0])
         entry[0] += 1
+        entry[1] += int(fin)
+        entry[2] += int(fout)
     layers = int(config.num_hidden_layers)
     blocks = _find_blocks(model)
     per_layer = sum(int(p.numel()) for p in blocks[0].parameters()) if blocks else 0
@@ -395,7 +399,7 @@ class StepMemory:
 def lora_params(shape: ModelShape, rank: int, targets: list[str] | None) -> int:
     """Adapter parameters: r x (in + out) per adapted linear (Hu et al. 2021, arXiv 2106.09685)."""
     names = targets or default_lora_targets(shape)
-    return sum(n * rank * (fin + fout) for key, (n, fin, fout) in shape.linears.items() if key in names)
+    return sum(rank * (fin + fout) for key, (_, fin, fout) in shape.linears.items() if key in names)
 
 
 def default_lora_targets(shape: ModelShape) -> list[str]:
@@ -558,7 +562,7 @@ def step_memory(shape: ModelShape, cfg: EstimateConfig, device: str) -> StepMemo
     if cfg.lora is not None:
         n_lora = lora_params(shape, cfg.lora.rank, cfg.lora.targets)
         trainable, shapes = n_lora, ()
-        largest = max((cfg.lora.rank * max(fin, fout) for _, fin, fout in shape.linears.values()), default=0)
+        largest = max((cfg.lora.rank * max(fin, fout) // n for n, fin, fout in shape.linears.values()), default=0)
         params = shape.num_params * pbytes + n_lora * pbytes
     else:
         trainable, shapes, largest = shape.num_params, shape.param_shapes, shape.largest_param
@@ -590,7 +594,7 @@ def step_memory(shape: ModelShape, cfg: EstimateConfig, device: str) -> StepMemo
     if cfg.lora is not None and cfg.lora.dropout > 0:
         # peft drops out each adapter's input separately, and lora_A saves that copy (+ dropout's
         # mask or noise): one input-sized tensor per adapted linear, per block that keeps its own.
-        per_block = sum(n * fin for key, (n, fin, _) in shape.linears.items() if key in lora_targets) / max(L, 1)
+        per_block = sum(fin for key, (_, fin, _) in shape.linears.items() if key in lora_targets) / max(L, 1)
         kept = 1 if cfg.gradient_checkpointing else L
         lora_act += kept * T * per_block * (res + dropout_mask_bytes(res, device))
     if cfg.gradient_checkpointing:

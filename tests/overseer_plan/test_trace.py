@@ -132,6 +132,12 @@ def test_lora_adapts_gpt2_conv1d_layers_and_pure_bf16_bases():
     assert gpt2.model_info.trainable_params == 2 * 4 * (128 + 3 * 128)  # 2 blocks x r x (in + out) of c_attn
     # AdamW: two fp32 states per adapter parameter (+ a 4-byte step count per tensor).
     assert gpt2.breakdown.optimizer_states == pytest.approx(2 * 4 * gpt2.model_info.trainable_params, abs=64)
+    # One name, two widths: GPT-2's c_proj is the attention's 128 -> 128 and the MLP's 512 -> 128. The
+    # count the estimate reports must be what the traced adapters hold (their AdamW states).
+    both = estimate(SMALL["gpt2"], EstimateConfig(batch_size=2, seq_len=128,
+                                                  lora=LoraSettings(rank=4, targets=["c_proj"])), method="traced")
+    assert both.model_info.trainable_params == 2 * 4 * ((128 + 128) + (512 + 128))
+    assert both.breakdown.optimizer_states == pytest.approx(2 * 4 * both.model_info.trainable_params, abs=64)
     # Adapters take the base's dtype (a bf16 base with fp32 adapters could not multiply).
     pure = estimate(SMALL["llama"], EstimateConfig(batch_size=2, seq_len=128, precision="bf16-pure",
                                                    lora=LoraSettings(rank=4)), method="traced")
