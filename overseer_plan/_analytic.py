@@ -161,6 +161,21 @@ def _write_census(fingerprint: str, shape: ModelShape) -> None:
         pass
 
 
+def linear_features(module: Any) -> tuple[int, int] | None:
+    """(in, out) features of a LoRA-able linear layer: torch's Linear, or transformers' Conv1D (GPT-2's
+    c_attn and c_proj, weight stored [in, out]); None for any other module."""
+    import torch
+
+    weight = getattr(module, "weight", None)
+    if weight is None or weight.dim() != 2:
+        return None
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D":
+        return int(weight.shape[0]), int(weight.shape[1])
+    return None
+
+
 def _census(config: PretrainedConfig) -> ModelShape:
     """Instantiate the real HF class on the meta device and count what it holds.
 
@@ -187,16 +202,11 @@ def _census(config: PretrainedConfig) -> ModelShape:
     linears: dict[str, list[int]] = {}
     linear_params = 0
     for name, mod in model.named_modules():
-        weight = getattr(mod, "weight", None)
-        if weight is None or weight.dim() != 2 or mod is emb:
+        features = linear_features(mod) if mod is not emb else None
+        if features is None:
             continue
-        if isinstance(mod, torch.nn.Linear):
-            fin, fout = mod.in_features, mod.out_features
-        elif type(mod).__name__ == "Conv1D":  # GPT-2 stores (in, out)
-            fin, fout = weight.shape
-        else:
-            continue
-        linear_params += weight.numel()
+        fin, fout = features
+        linear_params += mod.weight.numel()
         key = name.rsplit(".", 1)[-1]
         entry = linears.setdefault(key, [0, 0, 0])
         entry[0] += 1

@@ -629,6 +629,8 @@ def _apply_lora(model: Any, rank: int, targets: list[str] | None, dropout: float
     """
     import torch
 
+    from overseer_plan._analytic import linear_features
+
     targets = targets or _default_lora_targets(model)
 
     class _LoRALinear(torch.nn.Module):
@@ -637,7 +639,7 @@ def _apply_lora(model: Any, rank: int, targets: list[str] | None, dropout: float
             super().__init__()
             self.base = base
             dtype = base.weight.dtype
-            fan_in, fan_out = _linear_features(base)
+            fan_in, fan_out = linear_features(base)
             self.lora_A = torch.nn.Linear(fan_in, rank, bias=False, dtype=dtype)
             self.lora_B = torch.nn.Linear(rank, fan_out, bias=False, dtype=dtype)
             torch.nn.init.zeros_(self.lora_B.weight)
@@ -653,25 +655,15 @@ def _apply_lora(model: Any, rank: int, targets: list[str] | None, dropout: float
         p.requires_grad_(False)
     for mod in list(model.modules()):
         for child_name, child in list(mod.named_children()):
-            if _linear_features(child) is not None and child_name in targets:
+            if linear_features(child) is not None and child_name in targets:
                 setattr(mod, child_name, _LoRALinear(child))
-
-
-def _linear_features(module: Any) -> tuple[int, int] | None:
-    """(in, out) features of a linear layer: torch's Linear, or transformers' Conv1D (GPT-2's c_attn,
-    weight stored [in, out]); None for anything else."""
-    import torch
-
-    if isinstance(module, torch.nn.Linear):
-        return module.in_features, module.out_features
-    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None and module.weight.dim() == 2:
-        return int(module.weight.shape[0]), int(module.weight.shape[1])
-    return None
 
 
 def _default_lora_targets(model: Any) -> list[str]:
     """peft's usual default: the attention query/value projections, by the names this family uses."""
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _linear_features(m) is not None}
+    from overseer_plan._analytic import linear_features
+
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if linear_features(m) is not None}
     for pair in (["q_proj", "v_proj"], ["query_key_value"], ["c_attn"]):
         if set(pair) <= names:
             return pair

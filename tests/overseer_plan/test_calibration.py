@@ -9,7 +9,7 @@ import pytest
 
 from overseer_plan import calibration as cal_mod
 from overseer_plan.calibration import DEFAULTS, load_calibration, simulate_glibc
-from overseer_plan.estimate import EstimateConfig, estimate
+from overseer_plan.estimate import EstimateConfig, LoraSettings, estimate
 
 MiB = 2**20
 
@@ -41,28 +41,21 @@ def test_file_is_used_when_present(tmp_path):
     assert any(str(tmp_path) in n for n in est.notes)
 
 
-def test_estimate_applies_the_half_precision_offset_to_16_bit_runs_only(tmp_path):
-    fp32, bf16 = EstimateConfig(), EstimateConfig(precision="bf16")
-    _write(tmp_path, half_precision_bytes=0)
-    base32, base16 = estimate("overseer-tiny", fp32), estimate("overseer-tiny", bf16)
-    _write(tmp_path, half_precision_bytes=-20 * MiB)
-    assert estimate("overseer-tiny", fp32).peak_bytes == base32.peak_bytes
-    est = estimate("overseer-tiny", bf16)
-    assert est.peak_bytes == base16.peak_bytes - 20 * MiB
-    assert any("16-bit matmuls" in n for n in est.notes)
-
-
-def test_estimate_applies_the_frozen_base_offset_to_lora_runs_only(tmp_path):
-    from overseer_plan.estimate import LoraSettings
-
-    full, lora = EstimateConfig(), EstimateConfig(lora=LoraSettings(rank=4))
-    _write(tmp_path, frozen_base_bytes=0)
-    base_full, base_lora = estimate("overseer-tiny", full), estimate("overseer-tiny", lora)
-    _write(tmp_path, frozen_base_bytes=-30 * MiB)
-    assert estimate("overseer-tiny", full).peak_bytes == base_full.peak_bytes
-    est = estimate("overseer-tiny", lora)
-    assert est.peak_bytes == base_lora.peak_bytes - 30 * MiB
-    assert any("frozen base (LoRA)" in n for n in est.notes)
+@pytest.mark.parametrize(
+    "field,offset,plain,shifted,note",
+    [("half_precision_bytes", -20 * MiB, EstimateConfig(), EstimateConfig(precision="bf16"), "16-bit matmuls"),
+     ("frozen_base_bytes", -30 * MiB, EstimateConfig(), EstimateConfig(lora=LoraSettings(rank=4)),
+      "frozen base (LoRA)")],
+    ids=["half-precision-for-16-bit-runs-only", "frozen-base-for-lora-runs-only"],
+)
+def test_estimate_applies_an_offset_to_its_runs_only(tmp_path, field, offset, plain, shifted, note):
+    _write(tmp_path, **{field: 0})
+    base_plain, base_shifted = estimate("overseer-tiny", plain), estimate("overseer-tiny", shifted)
+    _write(tmp_path, **{field: offset})
+    assert estimate("overseer-tiny", plain).peak_bytes == base_plain.peak_bytes
+    est = estimate("overseer-tiny", shifted)
+    assert est.peak_bytes == base_shifted.peak_bytes + offset
+    assert any(note in n for n in est.notes)
 
 
 def test_a_file_written_before_the_frozen_base_offset_gets_the_shipped_one(tmp_path):

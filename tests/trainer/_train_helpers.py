@@ -22,6 +22,20 @@ _WORDS = ("the model learns to predict the next byte of text from all the bytes 
           "is finite so the trainer steps down when an allocation fails").split()
 
 
+class MessageLog:
+    """A trainer Reporter that keeps the messages it is given (in `lines`) and ignores progress."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def start(self, **_kw: Any) -> None: ...
+    def update(self, *_a: Any) -> None: ...
+    def close(self) -> None: ...
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+
 def tiny_model_dir(root: Path) -> Path:
     """A directory with only config.json: trains from scratch with the byte-level tokenizer."""
     d = root / "tiny-model"

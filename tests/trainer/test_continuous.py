@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _train_helpers import MessageLog
 
 from overseer_plan.config import TrainingConfig
 from overseer_plan.errors import UserInputError
@@ -114,18 +115,6 @@ def test_a_started_round_whose_files_changed_is_abandoned_and_its_files_count_as
     assert [r.status for r in manifest.rounds] == ["abandoned"] and manifest.seen() == set()
 
 
-class _Messages:
-    def __init__(self) -> None:
-        self.said: list[str] = []
-
-    def start(self, **_kw) -> None: ...
-    def update(self, *_a) -> None: ...
-    def close(self) -> None: ...
-
-    def message(self, text: str) -> None:
-        self.said.append(text)
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
 def test_a_finished_round_gives_its_freed_memory_back_before_waiting(tmp_path):
     from trainer import memory
@@ -133,14 +122,14 @@ def test_a_finished_round_gives_its_freed_memory_back_before_waiting(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "a.txt").write_text(corpus_text(1, 30))
-    said = _Messages()
+    said = MessageLog()
     result = run_continuous(tiny_config(tmp_path, data=[str(data)]), rounds=1, use_monitor=False, reporter=said,
                             token_cache_dir=tmp_path / "tok")
     assert result.trained_rounds == 1
-    gave = [m for m in said.said if "to the system between rounds" in m]
-    assert len(gave) == (1 if memory.available() else 0), said.said
+    gave = [m for m in said.lines if "to the system between rounds" in m]
+    assert len(gave) == (1 if memory.available() else 0), said.lines
     if gave:
-        assert said.said.index(gave[0]) > next(i for i, m in enumerate(said.said) if "round 0 complete" in m)
+        assert said.lines.index(gave[0]) > next(i for i, m in enumerate(said.lines) if "round 0 complete" in m)
 
 
 def test_rounds_below_one_are_refused(tmp_path):

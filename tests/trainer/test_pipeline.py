@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from _loopback import sha256_hex as _sha
 from _loopback import targz as _targz
+from _train_helpers import MessageLog
 from test_continuous import REPO_ROOT, corpus_text, statuses, tiny_config, wait_for
 
 from overseer_plan.errors import UserInputError
@@ -45,25 +46,13 @@ def test_bare_download_data_beside_the_users_own_files_is_a_one_line_error(tmp_p
     assert err.value.exit_code == 2 and "\n" not in str(err.value)
 
 
-class _Notes:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def start(self, **_kw) -> None: ...
-    def update(self, *_a) -> None: ...
-    def close(self) -> None: ...
-
-    def message(self, text: str) -> None:
-        self.lines.append(text)
-
-
 def test_bare_download_data_with_nothing_configured_fetches_the_default_corpus(loopback_server, tmp_path, monkeypatch):
     from trainer.pipeline import DEFAULT_SOURCE_ENV
 
     body = corpus_text(4, 40).encode()
     url = loopback_server.add("/default.txt", body=body)
     monkeypatch.setenv(DEFAULT_SOURCE_ENV, url)  # the shipped default is on the internet; tests stay on loopback
-    notes = _Notes()
+    notes = MessageLog()
     result = run_pipeline(tiny_config(tmp_path), download_source=True, use_monitor=False, reporter=notes,
                           **_caches(tmp_path))
     (path,) = result.data
@@ -75,7 +64,7 @@ def test_continuous_learning_with_no_data_waits_on_a_watch_folder_then_trains(tm
     from trainer.pipeline import WATCH_FOLDER
 
     folder = tmp_path / WATCH_FOLDER  # beside the run directory, tmp_path / "run"
-    run, notes = tmp_path / "run", _Notes()
+    run, notes = tmp_path / "run", MessageLog()
 
     def drop_a_file() -> None:
         wait_for(lambda: any("waiting for data" in n for n in notes.lines), 60, "the wait note")

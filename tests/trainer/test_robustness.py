@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from _train_helpers import (
     TINY_LLAMA,
+    MessageLog,
     cli_subprocess,
     read_jsonl,
     run_trainer,
@@ -213,27 +214,10 @@ class _BrokenWait(threading.Event):
         raise OverflowError("timeout value is too large")
 
 
-class _Messages:
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def start(self, **kw):
-        pass
-
-    def update(self, step, info):
-        pass
-
-    def message(self, text):
-        self.lines.append(text)
-
-    def close(self):
-        pass
-
-
 def test_a_monitor_thread_that_dies_is_reported(tmp_path):
     monitor = ResourceMonitor(interval_s=0.1, ram_percent=90, gpu_percent=90, path=None, read=_reading)
     monitor._stop = _BrokenWait()
-    reporter = _Messages()
+    reporter = MessageLog()
     result = run_trainer(tiny_config(tmp_path, max_steps=2, save_steps=100), monitor=monitor, reporter=reporter)
     assert result.optimizer_steps == 2
     assert any("resource monitor stopped (OverflowError" in line for line in reporter.lines), reporter.lines
