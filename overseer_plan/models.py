@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -230,16 +229,20 @@ def _from_hub(name: str) -> PretrainedConfig:
         return AutoConfig.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError, KeyError):
         pass
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    from overseer_plan import hub
+
     known = ", ".join(e.name for e in list_catalogue())
-    if "/" in name and not offline:
+    asked = "/" in name and hub.reachable()
+    if asked:
         try:
             return AutoConfig.from_pretrained(name)
         except (OSError, ValueError, KeyError):
             pass
+    where = "not on the Hub" if asked else f"the Hub was not asked: {hub.unreachable_reason()}" if "/" in name \
+        else "a Hub id has the form owner/name"
     raise UserInputError(
         f"unknown model {name!r}: not a local path, not in the catalogue ({known}), and its config is not in "
-        "the local Hugging Face cache (offline or not on the Hub); pass a config.json path or a catalogue name"
+        f"the local Hugging Face cache ({where}); pass a config.json path or a catalogue name"
     )
 
 

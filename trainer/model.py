@@ -159,18 +159,33 @@ def _from_hub(name: str, config: Any, attention: str) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from overseer_plan import hub
+
+    online = hub.reachable()
     try:
         return AutoModelForCausalLM.from_pretrained(name, config=config, trust_remote_code=False,
-                                                    attn_implementation=attention, dtype=torch.float32)
+                                                    attn_implementation=attention, dtype=torch.float32,
+                                                    local_files_only=not online)
     except OSError as e:
-        raise UserInputError(f"--model {name}: cannot load its weights ({str(e).splitlines()[0][:160]})") from None
+        why = "" if online else f"; not in the local Hugging Face cache and the Hub was not asked ({hub.unreachable_reason()})"
+        raise UserInputError(f"--model {name}: cannot load its weights ({str(e).splitlines()[0][:160]}){why}") from None
+
+
+def _tokenizer_hub_id(name: str) -> str:
+    """Where a catalogue model's tokenizer lives on the Hub (its entry's source), else `name` itself."""
+    try:
+        from overseer_plan.models import list_catalogue
+    except ImportError:
+        return name
+    entry = next((e for e in list_catalogue() if e.name == name), None)
+    return (entry.hub_id() if entry is not None else None) or name
 
 
 def _tokenizer_for(name: str, local: Path | None, config: Any, notes: list[str]) -> Any:
     if name == DEFAULT_MODEL:
         return ByteTokenizer(vocab_size=config.vocab_size)
     try:
-        return load_tokenizer(local if local is not None else name)
+        return load_tokenizer(local if local is not None else _tokenizer_hub_id(name))
     except FileNotFoundError as e:
         if config.vocab_size >= 260:
             notes.append(f"no tokenizer for {name}: using the byte-level tokenizer (ids 4..259)")

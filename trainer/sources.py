@@ -182,8 +182,12 @@ def _localise_hf(dataset_id: str, *, download: bool, cache_dir: Path) -> Path:
     except ImportError:
         raise UserInputError(f"data source {dataset_id}: a Hugging Face dataset id needs `pip install datasets` "
                              f"and the network; offline, {offline_hint}") from None
-    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+    from overseer_plan import hub
+
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or hub.offline_mode():
         raise UserInputError(f"data source {dataset_id}: Hugging Face offline mode is on; {offline_hint}")
+    if not hub.reachable():
+        raise UserInputError(f"data source {dataset_id}: {hub.unreachable_reason()}; {offline_hint}")
     return _save_hf(datasets, dataset_id, target, offline_hint)
 
 

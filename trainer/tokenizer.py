@@ -130,16 +130,34 @@ def load_tokenizer(source: str | Path | None, *, vocab_size: int = 384) -> Any:
         return ByteTokenizer(vocab_size=int(saved.get("vocab_size", vocab_size)))
     if path.is_dir() and not any((path / f).is_file() for f in _TOKENIZER_FILES):
         raise FileNotFoundError(f"no tokenizer files in {source}")
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
-    except (OSError, ValueError, TypeError) as e:
-        raise FileNotFoundError(f"no usable tokenizer in {source} ({str(e).splitlines()[0][:160]})") from None
+    tok = _from_pretrained(str(source), local=path.is_dir())
     # transformers 5 can build an empty tokenizer from config.json alone; one that cannot encode text is none.
     if not tok("hello world", add_special_tokens=False)["input_ids"]:
         raise FileNotFoundError(f"the tokenizer in {source} encodes nothing (no vocabulary files)")
     return tok
+
+
+def _from_pretrained(source: str, *, local: bool) -> Any:
+    """AutoTokenizer for a directory, or a Hub id: the local HF cache first, the Hub only when reachable."""
+    from transformers import AutoTokenizer
+
+    from overseer_plan import hub
+
+    def load(**kw: Any) -> Any:
+        try:
+            return AutoTokenizer.from_pretrained(source, trust_remote_code=False, **kw)
+        except (OSError, ValueError, TypeError) as e:
+            raise FileNotFoundError(f"no usable tokenizer in {source} ({str(e).splitlines()[0][:160]})") from None
+
+    if local:
+        return load()
+    try:
+        return load(local_files_only=True)
+    except FileNotFoundError:
+        if not hub.reachable():
+            raise FileNotFoundError(f"no tokenizer for {source} in the local Hugging Face cache, and the Hub was "
+                                    f"not asked ({hub.unreachable_reason()})") from None
+    return load()
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",

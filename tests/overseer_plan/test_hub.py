@@ -1,0 +1,122 @@
+"""Hub reachability: an offline machine gets its answer from the local cache in seconds, not retries."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from overseer_plan import hub
+
+ROOT = Path(__file__).resolve().parents[2]
+_PROXIES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now: a connection is refused at once
+    return port
+
+
+@pytest.fixture
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in (*_PROXIES, "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_a_listening_endpoint_is_reachable_and_a_closed_one_is_not(monkeypatch, no_proxy):
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub.reachable()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    assert not hub.reachable()
+    assert hub.unreachable_reason() == "cannot reach 127.0.0.1"
+
+
+def test_offline_mode_and_proxies_decide_without_a_probe(monkeypatch, no_proxy):
+    monkeypatch.setattr(hub, "_connects", lambda host, port: pytest.fail("probed the network"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not hub.reachable()
+    assert "HF_HUB_OFFLINE" in hub.unreachable_reason()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert hub.reachable()  # the proxy is the Hub library's business
+
+
+def _env_offline(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in (*_PROXIES, "HF_HUB_OFFLINE")}
+    return {**env, "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_HUB_CACHE": str(tmp_path / "hub"),
+            "OVERSEER_CACHE_DIR": str(tmp_path / "cache")}
+
+
+def test_unknown_hub_id_offline_fails_fast_with_one_line(tmp_path):
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "overseer_plan", "estimate", "--model", "someorg/some-model"],
+                       capture_output=True, text=True, cwd=ROOT, env=_env_offline(tmp_path), timeout=120)
+    took = time.perf_counter() - t0
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Hub was not asked: cannot reach 127.0.0.1" in lines[0], r.stderr
+    assert "Retrying" not in r.stderr + r.stdout
+    assert took < 20  # huggingface_hub's own retries took 25 s here
+
+
+def _cache_repo(hub_cache: Path, repo: str) -> Path:
+    """A Hugging Face Hub cache entry as huggingface_hub lays it out: refs/main names the snapshot."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, PreTrainedTokenizerFast
+
+    commit = "0" * 40
+    folder = hub_cache / f"models--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / commit
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1, "hello": 2, "world": 3}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="</s>").save_pretrained(snapshot)
+    GPT2Config(n_layer=1, n_embd=8, n_head=1, vocab_size=4, bos_token_id=1, eos_token_id=1).save_pretrained(snapshot)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+_LOAD_TWO = """
+import json, time
+from trainer.tokenizer import load_tokenizer
+t0 = time.perf_counter()
+ids = load_tokenizer("someorg/tok")("hello world", add_special_tokens=False)["input_ids"]
+try:
+    load_tokenizer("someorg/absent")
+    missing = None
+except FileNotFoundError as e:
+    missing = str(e)
+print(json.dumps({"ids": ids, "missing": missing, "seconds": time.perf_counter() - t0}))
+"""
+
+
+def test_tokenizer_comes_from_the_local_cache_offline_and_a_missing_one_says_why(tmp_path):
+    # A fresh process: huggingface_hub reads HF_HUB_CACHE when it is imported.
+    import json
+
+    _cache_repo(tmp_path / "hub", "someorg/tok")
+    r = subprocess.run([sys.executable, "-c", _LOAD_TWO], capture_output=True, text=True, cwd=ROOT,
+                       env=_env_offline(tmp_path), timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["ids"] == [2, 3]
+    assert "someorg/absent" in got["missing"] and "Hub was not asked (cannot reach 127.0.0.1)" in got["missing"]
+    assert got["seconds"] < 15 and "Retrying" not in r.stderr
+
+
+def test_a_catalogue_model_looks_for_its_tokenizer_under_its_hub_id():
+    from trainer.model import _tokenizer_hub_id
+
+    assert _tokenizer_hub_id("gpt2") == "openai-community/gpt2"
+    assert _tokenizer_hub_id("someorg/tok") == "someorg/tok"
