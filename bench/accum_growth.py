@@ -3,7 +3,8 @@
     python bench/accum_growth.py MODEL BATCHxSEQ GA[,GA...] [--repeats 3] [--precision fp32]
 
 MODEL is a matrix family (bench/estimator_accuracy.py), `qwen2` (the held-out Qwen2 of
-bench/estimator_heldout.py), or `cal-llama` / `cal-gpt2` (the calibration models). Each GA is measured
+bench/estimator_heldout.py), `cal-llama` / `cal-gpt2` (the calibration models), or a catalogue name
+(`gpt2` is GPT-2 124M: minutes per run at GA 16). Each GA is measured
 with the protocol (overseer_plan/_measure.py, `--repeats` fresh processes, median printed) and
 estimated both ways. The traced estimate runs two micro-batches whatever the GA
 (estimate.trace_inputs), so this shows what the real heap does past them.
@@ -29,9 +30,10 @@ def models() -> dict[str, dict]:
     from estimator_heldout import QWEN
 
     from overseer_plan.calibration import _CALIBRATION_RUNS
+    from overseer_plan.models import list_catalogue
 
     calibration = {f"cal-{run[0]['model_type']}": run[0] for run in _CALIBRATION_RUNS}
-    return {**FAMILIES, "qwen2": QWEN, **calibration}
+    return {**{e.name: e.config for e in list_catalogue()}, **FAMILIES, "qwen2": QWEN, **calibration}
 
 
 def parse_sizes(ap: argparse.ArgumentParser, shape: str, values: str, repeats: int,

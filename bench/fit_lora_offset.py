@@ -6,7 +6,8 @@ For each fp32 calibration point (overseer_plan/calibration.py `_CALIBRATION_RUNS
 (overseer_plan/_measure.py) trains peft LoRA adapters (rank 8 on the family's default targets:
 q_proj/v_proj, c_attn) and the traced estimate predicts it with the shipped calibration and no
 LoRA offset. The offset is the mean of measured - predicted; it goes into
-`CpuFactors.frozen_base_bytes` by hand, with these residuals in its provenance.
+`CpuFactors.frozen_base_bytes` by hand, with these residuals in its provenance. The residuals of the
+traced estimate's two halves (real-allocator replay, tensor-level allocator model) are printed too.
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ def main() -> None:
     from overseer_plan.estimate import EstimateConfig, estimate
     from overseer_plan.trace import quiet_transformers
 
-    resid = []
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from estimator_accuracy import _heap_models
+
+    resid: list[float] = []
+    halves: dict[str, list[float]] = {"replay_only": [], "allocator_only": []}
     for model, b, s, ckpt, precision in _CALIBRATION_RUNS:
         if precision != "fp32":
             continue
@@ -43,13 +48,22 @@ def main() -> None:
         runs = [measure(job)["peak_delta_bytes"] for _ in range(args.repeats)]
         real = statistics.mean(runs)
         with quiet_transformers():
-            pred = estimate(dict(model), cfg, method="traced").peak_bytes - DEFAULTS.cpu.frozen_base_bytes
+            tr = estimate(dict(model), cfg, method="traced")
+        pred = tr.peak_bytes - DEFAULTS.cpu.frozen_base_bytes
         resid.append(real - pred)
+        split = {k: real - (v - DEFAULTS.cpu.frozen_base_bytes) for k, v in _heap_models(tr).items()}
+        for k, v in split.items():
+            halves[k].append(v)
         print(f"{model['model_type']} {b}x{s} ckpt={ckpt}: measured {real / 2**20:.0f} MiB "
               f"({', '.join(f'{r / 2**20:.0f}' for r in runs)}), predicted {pred / 2**20:.0f}, "
-              f"residual {(real - pred) / 2**20:+.1f} MiB", flush=True)
+              f"residual {(real - pred) / 2**20:+.1f} MiB"
+              + "".join(f", {k} {v / 2**20:+.1f}" for k, v in split.items()), flush=True)
     print(f"offset: mean residual {statistics.mean(resid) / 2**20:+.1f} MiB "
           f"(range {min(resid) / 2**20:+.1f} .. {max(resid) / 2**20:+.1f}); bytes {int(statistics.mean(resid))}")
+    for k, v in halves.items():
+        if v:
+            print(f"{k}: mean residual {statistics.mean(v) / 2**20:+.1f} MiB "
+                  f"(range {min(v) / 2**20:+.1f} .. {max(v) / 2**20:+.1f}); bytes {int(statistics.mean(v))}")
 
 
 if __name__ == "__main__":

@@ -238,8 +238,12 @@ def _from_hub(name: str) -> PretrainedConfig:
             return AutoConfig.from_pretrained(name)
         except (OSError, ValueError, KeyError):
             pass
-    where = "not on the Hub" if asked else f"the Hub was not asked: {hub.unreachable_reason()}" if "/" in name \
-        else "a Hub id has the form owner/name"
+    if asked:
+        where = "not on the Hub"
+    elif "/" in name:
+        where = f"the Hub was not asked: {hub.unreachable_reason()}"
+    else:
+        where = "a Hub id has the form owner/name"
     raise UserInputError(
         f"unknown model {name!r}: not a local path, not in the catalogue ({known}), and its config is not in "
         f"the local Hugging Face cache ({where}); pass a config.json path or a catalogue name"

@@ -167,7 +167,7 @@ def _from_hub(name: str, config: Any, attention: str) -> Any:
                                                     attn_implementation=attention, dtype=torch.float32,
                                                     local_files_only=not online)
     except OSError as e:
-        why = "" if online else f"; not in the local Hugging Face cache and the Hub was not asked ({hub.unreachable_reason()})"
+        why = "" if online else f"; the Hub was not asked ({hub.unreachable_reason()})"
         raise UserInputError(f"--model {name}: cannot load its weights ({str(e).splitlines()[0][:160]}){why}") from None
 
 
@@ -188,6 +188,6 @@ def _tokenizer_for(name: str, local: Path | None, config: Any, notes: list[str])
         return load_tokenizer(local if local is not None else _tokenizer_hub_id(name))
     except FileNotFoundError as e:
         if config.vocab_size >= 260:
-            notes.append(f"no tokenizer for {name}: using the byte-level tokenizer (ids 4..259)")
+            notes.append(f"{e}: using the byte-level tokenizer (ids 4..259)")
             return ByteTokenizer(vocab_size=config.vocab_size)
         raise UserInputError(f"--model {name}: {e}; put tokenizer files next to config.json") from None

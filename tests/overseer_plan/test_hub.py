@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -103,8 +104,6 @@ print(json.dumps({"ids": ids, "missing": missing, "seconds": time.perf_counter()
 
 def test_tokenizer_comes_from_the_local_cache_offline_and_a_missing_one_says_why(tmp_path):
     # A fresh process: huggingface_hub reads HF_HUB_CACHE when it is imported.
-    import json
-
     _cache_repo(tmp_path / "hub", "someorg/tok")
     r = subprocess.run([sys.executable, "-c", _LOAD_TWO], capture_output=True, text=True, cwd=ROOT,
                        env=_env_offline(tmp_path), timeout=120)
@@ -115,8 +114,24 @@ def test_tokenizer_comes_from_the_local_cache_offline_and_a_missing_one_says_why
     assert got["seconds"] < 15 and "Retrying" not in r.stderr
 
 
-def test_a_catalogue_model_looks_for_its_tokenizer_under_its_hub_id():
+_CATALOGUE_FALLBACK = """
+import json, types
+from trainer.model import _tokenizer_for
+notes = []
+tok = _tokenizer_for("gpt2", None, types.SimpleNamespace(vocab_size=50257), notes)
+print(json.dumps({"tokenizer": type(tok).__name__, "notes": notes}))
+"""
+
+
+def test_a_catalogue_model_looks_for_its_tokenizer_under_its_hub_id_and_says_why_it_fell_back(tmp_path):
     from trainer.model import _tokenizer_hub_id
 
     assert _tokenizer_hub_id("gpt2") == "openai-community/gpt2"
     assert _tokenizer_hub_id("someorg/tok") == "someorg/tok"
+    r = subprocess.run([sys.executable, "-c", _CATALOGUE_FALLBACK], capture_output=True, text=True, cwd=ROOT,
+                       env=_env_offline(tmp_path), timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["tokenizer"] == "ByteTokenizer"
+    assert got["notes"] == ["no tokenizer for openai-community/gpt2 in the local Hugging Face cache, and the Hub "
+                            "was not asked (cannot reach 127.0.0.1): using the byte-level tokenizer (ids 4..259)"]
