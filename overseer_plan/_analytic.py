@@ -279,17 +279,9 @@ def _mlp_width(block: Any, hidden: int) -> int | None:
     for name, mod in block.named_modules():
         if not any(part in name for part in ("mlp", "ffn", "feed_forward")) or "expert" in name:
             continue
-        weight = getattr(mod, "weight", None)
-        if weight is None or weight.dim() != 2:
-            continue
-        if type(mod).__name__ == "Conv1D":  # GPT-2 stores (in, out)
-            fin, fout = weight.shape
-        elif hasattr(mod, "in_features"):
-            fin, fout = mod.in_features, mod.out_features
-        else:
-            continue
-        if int(fout) == hidden:
-            widths.append(int(fin))
+        features = linear_features(mod)
+        if features is not None and features[1] == hidden:
+            widths.append(features[0])
     return max(widths) if widths else None
 
 
@@ -414,10 +406,16 @@ def lora_params(shape: ModelShape, rank: int, targets: list[str] | None) -> int:
 
 def default_lora_targets(shape: ModelShape) -> list[str]:
     """peft's per-family default targets (query/value projections)."""
+    return lora_targets_among(set(shape.linears))
+
+
+def lora_targets_among(names: set[str]) -> list[str]:
+    """peft's usual default among these linear-layer names: the attention query/value projections,
+    by the names the family uses; else every linear but the head."""
     for pair in (["q_proj", "v_proj"], ["query_key_value"], ["c_attn"]):
-        if set(pair) <= set(shape.linears):
+        if set(pair) <= names:
             return pair
-    return sorted(k for k in shape.linears if k != "lm_head")
+    return sorted(names - {"lm_head"})
 
 
 def _uses_math_attention(shape: ModelShape, cfg: EstimateConfig, device: str) -> bool:

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import Field
 
@@ -251,7 +251,7 @@ def run_doctor(hw: Hardware, rulebook: Rulebook, *, output_dir: str | Path = "."
         advice: ModeAdvice | None = ctx.mode
     except Exception:  # already reported by the 'mode' check
         advice = None
-    counts = {s: sum(c.status == s for c in checks) for s in ("ok", "warn", "fail", "skip", "info")}
+    counts = {s: sum(c.status == s for c in checks) for s in get_args(Status)}
     result = DoctorResult(checks=checks, summary=Summary(**counts, mode=advice.mode if advice else None), mode=advice)
     result.summary.exit_code = result.exit_code()
     return result

@@ -660,14 +660,10 @@ def _apply_lora(model: Any, rank: int, targets: list[str] | None, dropout: float
 
 
 def _default_lora_targets(model: Any) -> list[str]:
-    """peft's usual default: the attention query/value projections, by the names this family uses."""
-    from overseer_plan._analytic import linear_features
+    """peft's usual default among the model's linear layers (`_analytic.lora_targets_among`)."""
+    from overseer_plan._analytic import linear_features, lora_targets_among
 
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if linear_features(m) is not None}
-    for pair in (["q_proj", "v_proj"], ["query_key_value"], ["c_attn"]):
-        if set(pair) <= names:
-            return pair
-    return sorted(names - {"lm_head"})
+    return lora_targets_among({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if linear_features(m) is not None})
 
 
 def _make_optimizer(name: str, params: list, device: str) -> Any:
