@@ -12,6 +12,7 @@ best practices that apply (`rules/practices.yaml`). A check that raises becomes 
 
 from __future__ import annotations
 
+import math
 import re
 import traceback
 from collections.abc import Callable
@@ -105,7 +106,8 @@ def _value(fact: str, v: Any) -> str:
     if v is None:
         return "unknown"
     if fact.endswith("_bytes"):
-        return f"{fmt_bytes(v)} ({v / GB:.1f} GB)"
+        # Rounded down: 9.996 GB against a 10 GB minimum must not read "10.0 GB ... failed".
+        return f"{fmt_bytes(v)} ({math.floor(v / GB * 100) / 100:.2f} GB)"
     if fact.endswith("_fraction"):
         return f"{v:.0%}"
     return str(v)

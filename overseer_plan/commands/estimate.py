@@ -118,8 +118,11 @@ def _render(est: object) -> None:
            + (f" dropout {cfg.lora.dropout:g}" if cfg.lora.dropout else "") if cfg.lora else ""),
         f"method     {e.method} on {e.device}",  # type: ignore[attr-defined]
         "",
+        f"live at the peak (in {e.peak_phase}):",  # type: ignore[attr-defined]
         f"{'parameters':<18}{fmt_bytes(bd.parameters):>12}",
-        f"{'gradients':<18}{fmt_bytes(bd.gradients):>12}",
+        # Gradients are freed each step (zero_grad(set_to_none=True)); a peak early in backward comes before
+        # they exist, which a bare "0 B" does not say.
+        f"{'gradients':<18}{fmt_bytes(bd.gradients):>12}" + ("   (not created yet at the peak)" if not bd.gradients else ""),
         f"{'optimizer states':<18}{fmt_bytes(bd.optimizer_states):>12}",
         f"{'activations':<18}{fmt_bytes(bd.activations):>12}",
         f"{'temporaries':<18}{fmt_bytes(bd.temporaries):>12}",

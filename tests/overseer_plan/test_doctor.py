@@ -50,7 +50,7 @@ def test_low_ram_fails_the_minimum_and_exits_1(book):
     result, checks = _checks(make_hw(ram_gb=6, gpus=[gpu(8)]), book)
     c = checks["requirement.ram.minimum"]
     assert c.status == "fail"
-    assert "5.59 GiB (6.0 GB)" in c.message and "8 GB" in c.message
+    assert "5.59 GiB (6.00 GB)" in c.message and "8 GB" in c.message
     assert c.fix == book["requirement.ram.minimum"].fix
     assert checks["requirement.ram.recommended"].status == "warn"
     assert result.exit_code() == 1 and result.summary.fail >= 1
@@ -59,7 +59,7 @@ def test_low_ram_fails_the_minimum_and_exits_1(book):
 def test_small_gpu_fails_the_gpu_minimum(book):
     _, checks = _checks(make_hw(ram_gb=32, gpus=[gpu(3)]), book)
     assert checks["requirement.gpu.minimum"].status == "fail"
-    assert "2.79 GiB (3.0 GB)" in checks["requirement.gpu.minimum"].message
+    assert "2.79 GiB (3.00 GB)" in checks["requirement.gpu.minimum"].message
     assert "--cpu-only" in checks["requirement.gpu.minimum"].fix
 
 
@@ -82,8 +82,14 @@ def test_unknown_gpus_skip_with_the_reason(book):
 def test_little_free_disk_fails_storage(book):
     result, checks = _checks(make_hw(free_gb=5), book)
     c = checks["requirement.storage.free"]
-    assert c.status == "fail" and "4.66 GiB (5.0 GB)" in c.message and "/work/out" in c.message
+    assert c.status == "fail" and "4.66 GiB (5.00 GB)" in c.message and "/work/out" in c.message
     assert result.exit_code() == 1
+
+
+def test_a_value_just_under_the_threshold_does_not_read_as_meeting_it(book):
+    _, checks = _checks(make_hw(free_gb=9.996), book)
+    c = checks["requirement.storage.free"]
+    assert c.status == "fail" and "(9.99 GB)" in c.message and "needs >= 10 GB" in c.message
 
 
 def test_unmeasured_disk_is_skipped_not_failed(book):

@@ -204,6 +204,11 @@ def test_cli_table_and_json():
     res = runner.invoke(_app(), ["estimate", "--batch-size", "2", "--seq-len", "128"])
     assert res.exit_code == 0, res.output
     assert "MiB" in res.output and "peak" in res.output
+    assert "live at the peak (in backward):" in res.output
+    # One step, peak early in backward: the gradients do not exist yet, and the table says why it shows 0.
+    assert "(not created yet at the peak)" in res.output
+    accum = runner.invoke(_app(), ["estimate", "--batch-size", "2", "--seq-len", "128", "--grad-accum", "4"]).output
+    assert "not created yet" not in accum  # kept across micro-batches, so present at the peak
     res = runner.invoke(_app(), ["estimate", "--model", str(ASSETS / "tiny-gpt2"), "--seq-len", "128", "--json", "--device", "cuda"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)

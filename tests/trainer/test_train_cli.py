@@ -37,6 +37,14 @@ def test_missing_data_path(tmp_path, monkeypatch):
     _one_line_error(r, "--data", "no such file or directory")
 
 
+def test_every_missing_data_path_is_named_before_the_model_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = _invoke(["--model", "gpt2", "--data", str(tmp_path / "a"), "--data", str(tmp_path / "b")], tmp_path, monkeypatch)
+    _one_line_error(r, str(tmp_path / "a"), str(tmp_path / "b"), "no such file or directory")
+    # Only the error: no "no weights ... random initialisation" or tokenizer fallback notes first.
+    assert r.output.strip().splitlines() == [ln for ln in r.output.strip().splitlines() if ln.startswith("overseer: error:")]
+
+
 def test_empty_corpus(tmp_path, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
