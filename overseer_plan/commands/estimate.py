@@ -37,7 +37,7 @@ def estimate_command(
     lora_dropout: float = typer.Option(0.0, "--lora-dropout", help="peft's lora_dropout (each adapter keeps a copy of its input)."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda: the device that trains."),
     method: str = typer.Option("analytic", "--method", help="analytic (instant) | traced (fake-tensor dry run, seconds)."),
-    calibrate: bool = typer.Option(False, "--calibrate", help="First measure this machine (about a minute) and store its factors."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="First measure this machine (about 3 minutes on 2 cores) and store its factors."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Predict the peak memory of one training step, without touching real memory."""
