@@ -107,7 +107,7 @@ def _value(fact: str, v: Any) -> str:
         return "unknown"
     if fact.endswith("_bytes"):
         # Rounded down: 9.996 GB against a 10 GB minimum must not read "10.0 GB ... failed".
-        return f"{fmt_bytes(v)} ({math.floor(v / GB * 100) / 100:.2f} GB)"
+        return f"{fmt_bytes(v)} ({math.floor(v / GB * 100 + 1e-6) / 100:.2f} GB)"
     if fact.endswith("_fraction"):
         return f"{v:.0%}"
     return str(v)
