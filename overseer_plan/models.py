@@ -232,14 +232,11 @@ def _from_hub(name: str) -> PretrainedConfig:
     from overseer_plan import hub
 
     known = ", ".join(e.name for e in list_catalogue())
-    asked = "/" in name and hub.reachable()
-    if asked:
+    if "/" in name and hub.reachable():
         try:
             return AutoConfig.from_pretrained(name)
         except (OSError, ValueError, KeyError):
-            pass
-    if asked:
-        where = "not on the Hub"
+            where = "not on the Hub"
     elif "/" in name:
         where = f"the Hub was not asked: {hub.unreachable_reason()}"
     else:

@@ -62,17 +62,24 @@ def embedded_sources(max_bytes: int = EMBEDDED_CORPUS_BYTES) -> list[Source]:
     return picked
 
 
+def check_paths_exist(paths: list[str]) -> None:
+    """Raise one UserInputError naming every path in `paths` that does not exist."""
+    missing = [raw for raw in paths if not Path(raw).expanduser().exists()]
+    if missing:
+        raise UserInputError(f"--data {', '.join(missing)}: no such file or directory; give existing text files or "
+                             "folders")
+
+
 def find_sources(paths: list[str]) -> list[Source]:
     """Every readable input under `paths`, in a deterministic order.
 
     Raises:
-        UserInputError: a path does not exist, or nothing usable was found.
+        UserInputError: paths do not exist (all of them named), or nothing usable was found.
     """
+    check_paths_exist(paths)
     out: list[Source] = []
     for raw in paths:
         p = Path(raw).expanduser()
-        if not p.exists():
-            raise UserInputError(f"--data {raw}: no such file or directory")
         if p.is_dir() and _is_saved_dataset(p):
             out.append(Source(p, "hf-dataset"))
         elif p.is_dir():

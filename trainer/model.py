@@ -173,10 +173,8 @@ def _from_hub(name: str, config: Any, attention: str) -> Any:
 
 def _tokenizer_hub_id(name: str) -> str:
     """Where a catalogue model's tokenizer lives on the Hub (its entry's source), else `name` itself."""
-    try:
-        from overseer_plan.models import list_catalogue
-    except ImportError:
-        return name
+    from overseer_plan.models import list_catalogue
+
     entry = next((e for e in list_catalogue() if e.name == name), None)
     return (entry.hub_id() if entry is not None else None) or name
 

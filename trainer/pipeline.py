@@ -22,6 +22,7 @@ from pathlib import Path
 from overseer_plan.config import TrainingConfig
 from overseer_plan.errors import UserInputError
 from trainer.continuous import ContinuousResult, run_continuous
+from trainer.corpus import check_paths_exist
 from trainer.loop import Reporter, TrainResult
 from trainer.sources import local_paths
 
@@ -72,7 +73,8 @@ def run_pipeline(config: TrainingConfig, *, auto: bool = False, mode: str | None
         and whatever `train` raises.
     """
     _check_flags(continuous=continuous, rounds=rounds, watch_interval_s=watch_interval_s)
-    _check_data_paths(config)
+    # Every missing --data path at once, before the model and tokenizer load.
+    check_paths_exist(list(config.data))
     config, download, note = _with_download_source(config, download_source)
     if note and reporter is not None:
         reporter.message(note)
@@ -96,15 +98,6 @@ def run_pipeline(config: TrainingConfig, *, auto: bool = False, mode: str | None
     result = train(config, auto=auto, mode=mode, resume=resume, reporter=reporter, use_monitor=use_monitor,
                    cache_dir=token_cache_dir, explicit=explicit)
     return PipelineResult(result, data=paths)
-
-
-def _check_data_paths(config: TrainingConfig) -> None:
-    """Every missing --data path at once, before the model and tokenizer load (seconds, and notes a
-    typo should not have to wait for)."""
-    missing = [raw for raw in config.data if not Path(raw).expanduser().exists()]
-    if missing:
-        raise UserInputError(f"--data {', '.join(missing)}: no such file or directory; give existing text files or "
-                             "folders")
 
 
 def _check_flags(*, continuous: bool, rounds: int | None, watch_interval_s: float | None) -> None:
