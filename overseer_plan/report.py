@@ -27,7 +27,7 @@ from overseer_plan.units import fmt_bytes
 NOT_COLLECTED = "Could not collect"
 ENV_VARS = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "PYTORCH_CUDA_ALLOC_CONF", "HIP_VISIBLE_DEVICES",
             "ROCR_VISIBLE_DEVICES", "OMP_NUM_THREADS", "PYTORCH_MPS_HIGH_WATERMARK_RATIO", "PYTHON_CPU_COUNT",
-            "HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_CACHE", "TOKENIZERS_PARALLELISM")
+            "HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "HF_ENDPOINT", "TRANSFORMERS_CACHE", "TOKENIZERS_PARALLELISM")
 _UUID = re.compile(r"\b(?:GPU|MIG)-[0-9A-Fa-f-]{8,}(?:/\d+/\d+)?")
 _HOME_DIRS = re.compile(r"(/home/|/Users/|[A-Za-z]:\\Users\\)[^/\\\s`'\"]+")
 _MARK = {"ok": "ok", "warn": "warning", "fail": "FAILED", "skip": "skipped", "info": "advice"}
@@ -76,7 +76,14 @@ def _system(hw: Hardware) -> list[str]:
         _field("CPU cores", lambda: f"{cpu.usable_cores} usable (limited by {cpu.usable_cores_source}) of "
                f"{cpu.logical_cores} logical, {cpu.physical_cores or 'unknown'} physical"),
         _field("CPU flags", lambda: ", ".join(cpu.flags) or "none of note"),
+        _field("Hugging Face Hub", _hub),
     ]
+
+
+def _hub() -> str:
+    from overseer_plan import hub
+
+    return hub.describe()  # offline users' reports are about cache lookups: this says which path was taken
 
 
 def _memory(hw: Hardware) -> list[str]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,7 @@ import pytest
 from overseer_plan import hub
 
 ROOT = Path(__file__).resolve().parents[2]
-_PROXIES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+_PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
 def _closed_port() -> int:
@@ -32,25 +36,69 @@ def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
-def test_a_listening_endpoint_is_reachable_and_a_closed_one_is_not(monkeypatch, no_proxy):
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
-        assert hub.reachable()
+@contextlib.contextmanager
+def _http_server() -> Iterator[int]:
+    """A real HTTP server on loopback that answers every HEAD with 404, as the Hub does for unknown paths."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield httpd.server_address[1]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_an_endpoint_that_answers_http_is_reachable_and_a_closed_one_is_not(monkeypatch, no_proxy):
+    with _http_server() as port:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        assert hub.reachable()  # any status code is an answer
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     assert not hub.reachable()
     assert hub.unreachable_reason() == "cannot reach 127.0.0.1"
 
 
+def test_an_open_port_that_gives_no_answer_is_not_the_hub(monkeypatch, no_proxy):
+    # What a firewall filtering HTTPS by server name looks like: the TCP connection opens, then
+    # nothing answers (or the connection is reset). The Hub library would sit in its retries there.
+    monkeypatch.setattr(hub, "TIMEOUT_S", 0.3)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel completes the handshake; nobody ever reads or writes
+        port = silent.getsockname()[1]
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        t0 = time.perf_counter()
+        assert not hub.reachable()
+        assert time.perf_counter() - t0 < 2
+        assert hub.unreachable_reason() == (f"127.0.0.1:{port} accepts connections but gives no HTTP answer "
+                                            "(a firewall or filtering proxy?)")
+    with _http_server() as port:  # HTTPS to a server that only speaks HTTP: the TLS handshake fails
+        monkeypatch.setenv("HF_ENDPOINT", f"https://127.0.0.1:{port}")
+        assert not hub.reachable()
+        assert "accepts connections but gives no HTTPS answer" in hub.unreachable_reason()
+
+
 def test_offline_mode_and_proxies_decide_without_a_probe(monkeypatch, no_proxy):
-    monkeypatch.setattr(hub, "_connects", lambda host, port: pytest.fail("probed the network"))
+    monkeypatch.setattr(hub, "_probe", lambda *a: pytest.fail("probed the network"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert not hub.reachable()
     assert "HF_HUB_OFFLINE" in hub.unreachable_reason()
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     assert hub.reachable()  # the proxy is the Hub library's business
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setenv("HF_ENDPOINT", "http://mirror.invalid")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    assert hub.reachable()  # an http:// endpoint goes through HTTP_PROXY
 
 
 def _env_offline(tmp_path: Path) -> dict[str, str]:
@@ -135,3 +183,14 @@ def test_a_catalogue_model_looks_for_its_tokenizer_under_its_hub_id_and_says_why
     assert got["tokenizer"] == "ByteTokenizer"
     assert got["notes"] == ["no tokenizer for openai-community/gpt2 in the local Hugging Face cache, and the Hub "
                             "was not asked (cannot reach 127.0.0.1): using the byte-level tokenizer (ids 4..259)"]
+
+
+def test_describe_says_what_was_decided_and_why(monkeypatch, no_proxy):
+    with _http_server() as port:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        assert hub.describe() == f"http://127.0.0.1:{port}: asked (it answers)"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.describe() == f"http://127.0.0.1:{port}: not asked, local cache only (HF_HUB_OFFLINE is set)"
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:99999")
+    assert hub.reachable() and "malformed" in hub.describe()  # the Hub library's own error is clearer

@@ -29,6 +29,8 @@ def alice(monkeypatch):
     monkeypatch.setattr(report.platform, "node", lambda: HOST)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", UUID)
     monkeypatch.setenv("HF_HOME", "/home/alice/.cache/huggingface")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the report's Hub line must not touch the network here
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
 
 
 def _personal_hw():
@@ -62,7 +64,9 @@ def test_report_has_every_section_and_fill_in_slots(alice):
     for field in ("- Overseer:", "- Python: 3.11.7", "- PyTorch: 2.5.1 (CUDA 12.4", "- transformers: 4.46.0",
                   "- accelerate: 1.1.0", "- nvidia-ml-py: 12.560.30", "- NVIDIA driver: 550.54.15",
                   "- GPU0: NVIDIA Test GPU", "compute capability 8.6", "- CPU cores: 2 usable (limited by affinity)",
-                  "- RAM limit: none", "- PYTORCH_CUDA_ALLOC_CONF: (unset)", "- OMP_NUM_THREADS: (unset)"):
+                  "- RAM limit: none", "- PYTORCH_CUDA_ALLOC_CONF: (unset)", "- OMP_NUM_THREADS: (unset)",
+                  "- Hugging Face Hub: https://huggingface.co: not asked, local cache only (HF_HUB_OFFLINE is set)",
+                  "- HF_HUB_OFFLINE: 1"):
         assert field in text, field
     assert text.count("<fill in>") == 3
     assert "[ok] requirement.ram.minimum" in text and "- Summary:" in text
