@@ -156,13 +156,13 @@ class _Evaluator:
         return int(self._estimate(cfg).long_run_peak_bytes)  # what the plan budgets for
 
     def speed(self, cfg: TrainingConfig) -> float:
-        from overseer_plan.plan import Candidate, _transient_bytes, throughput_score
+        from overseer_plan.plan import Candidate, candidate_speed
 
         c = Candidate(device=self.device_for(cfg), batch_size=cfg.batch_size,
                       gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                       gradient_checkpointing=cfg.gradient_checkpointing, precision=cfg.precision(),
                       max_sequence_length=cfg.max_sequence_length)
-        return throughput_score(c, self.hw.cpu.has_native_bf16(), _transient_bytes(self._estimate(cfg)))
+        return candidate_speed(self.model, cfg, c, self.hw.cpu.has_native_bf16(), self._estimate(cfg), self.n)
 
     def budget(self, cfg: TrainingConfig) -> int:
         from overseer_plan.plan import budgets

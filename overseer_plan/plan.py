@@ -185,17 +185,36 @@ def budgets(hw: Hardware, cfg: TrainingConfig, device: Device) -> tuple[int, int
 # seq 256, 2-core EPYC, bf16): micro-batch 4 was fastest, 32 ran at 0.67x of it. The penalty
 # 1 / (1 + transient / _CPU_TRANSIENT_BYTES) with the estimator's transient bytes fits that curve
 # within ~5% (micro 1..32); GPUs have no such cliff at these sizes.
+# The penalty is memory time over compute time, so it shrinks with the compute each token costs:
+# it is scaled by the fitted model's FLOPs per token over the candidate's. And it is charged on the
+# transient bytes *without* checkpointing, which re-runs the same ops on the same tensor sizes
+# (measured in that grid: checkpointed / not at the same micro-batch 0.67-0.74 at micro 1..8, flat,
+# not rising as a smaller working set would make it). Before both corrections the planner put GPT-2
+# 124M at 1 x 1024 on CPU checkpointed, which ran at 0.85x of not checkpointed (BENCHMARKS.md §3).
 _T_HALF = {"cuda": 4096, "mps": 2048, "cpu": 160}
 _DEVICE_SPEED = {"cuda": 20.0, "mps": 4.0, "cpu": 1.0}
 _CPU_TRANSIENT_BYTES = 1.29e9
+# flops_per_token of the model the penalty was fitted on (GPT-2-style, 4 layers x 256, vocab 8000,
+# seq 256): 6 x 5,193,728 linear weights (lm_head included) + 12 x 4 x 256 x 256.
+_CPU_FIT_FLOPS_PER_TOKEN = 34_308_096
 
 
-def throughput_score(c: Candidate, cpu_native_bf16: bool = False, transient_bytes: int = 0) -> float:
-    """Relative tokens/s of a candidate; `transient_bytes` = its estimated activations + temporaries."""
+def flops_per_token(linear_params: int, num_layers: int, attn_width: int, seq_len: int) -> int:
+    """Training FLOPs per token: 6 per matmul weight (forward + backward) plus the attention
+    products (q.k and p.v, 4 x seq x width forward, twice that backward, per layer). A mixture of
+    experts counts every expert's weights, so it is over-counted there and the CPU penalty errs small."""
+    return 6 * linear_params + 12 * num_layers * seq_len * attn_width
+
+
+def throughput_score(c: Candidate, cpu_native_bf16: bool = False, transient_bytes: int = 0,
+                     model_flops_per_token: int | None = None) -> float:
+    """Relative tokens/s of a candidate. `transient_bytes`: its estimated activations + temporaries
+    (without checkpointing, on CPU); `model_flops_per_token` scales the CPU penalty (see above)."""
     tokens = c.batch_size * c.max_sequence_length
     eff = tokens / (tokens + _T_HALF[c.device])
     if c.device == "cpu":
-        eff /= 1 + transient_bytes / _CPU_TRANSIENT_BYTES
+        scale = _CPU_FIT_FLOPS_PER_TOKEN / model_flops_per_token if model_flops_per_token else 1.0
+        eff /= 1 + transient_bytes * scale / _CPU_TRANSIENT_BYTES
     if c.precision == "fp32":
         speed = 1.0
     elif c.device == "cpu":
@@ -421,7 +440,7 @@ def _judge(hw: Hardware, wl: Workload, base: TrainingConfig, model: str, c: Cand
     dev_budget, host_budget = budgets(hw, cfg, c.device)
     # A plan has to hold for the whole run, not only the protocol's first 3 steps.
     c.peak_bytes, c.host_peak_bytes = int(est.long_run_peak_bytes), int(est.long_run_host_peak_bytes)
-    c.score = throughput_score(c, hw.cpu.has_native_bf16(), _transient_bytes(est))
+    c.score = candidate_speed(model, cfg, c, hw.cpu.has_native_bf16(), est, wl.num_processes)
     from overseer_plan.units import fmt_bytes
 
     if c.peak_bytes > dev_budget:
@@ -429,6 +448,19 @@ def _judge(hw: Hardware, wl: Workload, base: TrainingConfig, model: str, c: Cand
     elif c.host_peak_bytes > host_budget:
         c.rejected = f"needs {fmt_bytes(c.host_peak_bytes)} of RAM, budget {fmt_bytes(host_budget)}"
     return c
+
+
+def candidate_speed(model: str, cfg: TrainingConfig, c: Candidate, cpu_native_bf16: bool, est: Any,
+                    num_processes: int = 1) -> float:
+    """throughput_score with what the CPU penalty needs: transient bytes as if not checkpointed, and
+    the model's FLOPs per token (`est` is the estimate of `cfg` itself)."""
+    if c.device != "cpu":
+        return throughput_score(c, cpu_native_bf16, _transient_bytes(est))
+    if cfg.gradient_checkpointing:
+        est = estimate_for(model, cfg.with_changes(gradient_checkpointing=False), "cpu", num_processes=num_processes)
+    shape = model_shape(model)[1]
+    flops = flops_per_token(shape.linear_params, shape.num_layers, shape.heads * shape.head_dim, c.max_sequence_length)
+    return throughput_score(c, cpu_native_bf16, _transient_bytes(est), flops)
 
 
 def _transient_bytes(est: Any) -> int:

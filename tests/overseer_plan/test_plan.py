@@ -161,3 +161,41 @@ def test_a_rule_chosen_standard_that_cannot_fit_falls_back_to_resource_efficient
     plan = _plan(make_hw(ram_gb=24, gpus=[]), model="llama-2-7b", purpose="production")
     assert not plan.feasible and plan.mode == "resource-efficient"
     assert plan.mode_reasons[-1] == "fit: standard does not fit this budget; resource-efficient instead"
+
+
+def test_cpu_penalty_constant_is_the_fitted_models_flops_per_token(tmp_path) -> None:
+    from transformers import GPT2Config
+
+    from overseer_plan.plan import _CPU_FIT_FLOPS_PER_TOKEN, flops_per_token, model_shape
+
+    # bench/plan_quality.py's model, which _CPU_TRANSIENT_BYTES was fitted on, at its sequence 256.
+    GPT2Config(n_layer=4, n_embd=256, n_head=4, vocab_size=8000, n_positions=512, bos_token_id=0,
+               eos_token_id=0).save_pretrained(tmp_path)
+    shape = model_shape(str(tmp_path))[1]
+    assert flops_per_token(shape.linear_params, shape.num_layers, shape.heads * shape.head_dim, 256) \
+        == _CPU_FIT_FLOPS_PER_TOKEN
+
+
+def test_checkpointing_never_buys_speed_at_the_same_micro_batch_on_cpu() -> None:
+    # The recompute runs the same ops on the same tensors, so on CPU a checkpointed candidate is charged
+    # the un-checkpointed transient bytes: only the recompute factor separates the two.
+    from overseer_plan.plan import Candidate, candidate_speed, estimate_for
+
+    for mb in (1, 4):
+        cfg = TrainingConfig(batch_size=mb, gradient_accumulation_steps=64 // mb, max_sequence_length=1024,
+                             use_gpu=False, gradient_checkpointing=False)
+        on = cfg.with_changes(gradient_checkpointing=True)
+        speeds = [candidate_speed("gpt2", x, Candidate(device="cpu", batch_size=mb, gradient_accumulation_steps=64 // mb,
+                                                        gradient_checkpointing=x.gradient_checkpointing,
+                                                        precision="fp32", max_sequence_length=1024),
+                                  False, estimate_for("gpt2", x, "cpu")) for x in (cfg, on)]
+        assert speeds[1] == pytest.approx(speeds[0] * 3 / 4)
+
+
+def test_gpt2_on_a_roomy_cpu_is_not_checkpointed() -> None:
+    # Measured on the 2-core dev box (BENCHMARKS.md §3): GPT-2 124M at 1 x 1024 bf16 ran at 0.85x with
+    # checkpointing; the old CPU penalty, unscaled by model size, chose it with 15 GiB to spare.
+    hw = with_overrides(make_hw(ram_gb=24, others_gb=1), cpu_only=True)
+    plan = _plan(hw, model="gpt2")
+    assert plan.feasible and plan.device == "cpu"
+    assert plan.config.gradient_checkpointing is False and plan.config.max_sequence_length == 1024
