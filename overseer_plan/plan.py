@@ -190,7 +190,7 @@ def budgets(hw: Hardware, cfg: TrainingConfig, device: Device) -> tuple[int, int
 # transient bytes *without* checkpointing, which re-runs the same ops on the same tensor sizes
 # (measured in that grid: checkpointed / not at the same micro-batch 0.67-0.74 at micro 1..8, flat,
 # not rising as a smaller working set would make it). Before both corrections the planner put GPT-2
-# 124M at 1 x 1024 on CPU checkpointed, which ran at 0.85x of not checkpointed (BENCHMARKS.md §3).
+# 124M at 1 x 1024 on CPU checkpointed, which ran at 0.82-0.85x of the best (BENCHMARKS.md §3b).
 _T_HALF = {"cuda": 4096, "mps": 2048, "cpu": 160}
 _DEVICE_SPEED = {"cuda": 20.0, "mps": 4.0, "cpu": 1.0}
 _CPU_TRANSIENT_BYTES = 1.29e9
