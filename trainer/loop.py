@@ -117,6 +117,7 @@ class TrainResult:
     effective_batch_size: int
     final_loss: float | None
     final_eval_loss: float | None
+    final_eval_step: int | None  # the step final_eval_loss was measured at (0: before training)
     initial_eval_loss: float | None
     oom_events: int
     step_downs: int
@@ -400,6 +401,7 @@ class Trainer:
             self.log.event("eval", eval_loss=self.initial_eval, perplexity=_ppl(self.initial_eval),
                            seconds=round(time.time() - t_eval, 3))
         self.last_eval = self.initial_eval
+        self.last_eval_step = 0 if self.initial_eval is not None else None
         if self.step >= self.total_steps:  # resumed at the end: the run that got here keeps its summary
             self._say(f"{self.resume_path.name} is already at step {self.step} of {self.total_steps}: nothing to "
                       f"train (pass --max-steps above {self.step} to train further)")
@@ -439,7 +441,7 @@ class Trainer:
                 self.log.event("interrupted", signal=signal.Signals(self._stop_signal).name)
                 return self._finish(interrupted=True)
         if self.step % self.config.eval_steps:
-            self.last_eval = self._evaluate()
+            self.last_eval, self.last_eval_step = self._evaluate(), self.step
         # Not "the newest checkpoint has this step": after a resume that skipped a corrupt checkpoint-N,
         # that corrupt one has this step and must be replaced.
         if self._saved_step != self.step:
@@ -614,7 +616,7 @@ class Trainer:
             self._log_metrics(window)
         if self.step % cfg.eval_steps == 0:
             t_eval = time.time()
-            self.last_eval = self._evaluate()
+            self.last_eval, self.last_eval_step = self._evaluate(), self.step
             self.log.event("eval", eval_loss=self.last_eval, perplexity=_ppl(self.last_eval),
                            seconds=round(time.time() - t_eval, 3))
         if self.step % cfg.save_steps == 0 and self.step < self.total_steps:
@@ -758,7 +760,7 @@ class Trainer:
         return TrainResult(
             optimizer_steps=self.step, effective_batch_size=cfg.effective_batch_size(self.accelerator.num_processes),
             final_loss=self.losses[-1] if self.losses else None, final_eval_loss=self.last_eval,
-            initial_eval_loss=self.initial_eval, oom_events=self.log.counts.get("oom", 0),
+            final_eval_step=self.last_eval_step, initial_eval_loss=self.initial_eval, oom_events=self.log.counts.get("oom", 0),
             step_downs=self.log.counts.get("step_down", 0), step_ups=self.log.counts.get("step_up", 0),
             time_to_first_step_s=round(self.first_step_end - PROCESS_START, 3) if self.first_step_end else None,
             samples_per_s=round(self.samples / self.compute_s, 3) if self.compute_s else None,
@@ -774,7 +776,7 @@ class Trainer:
         data = asdict(result or self._result(interrupted))
         data.pop("losses")
         drop = None
-        if data["initial_eval_loss"] and data["final_eval_loss"] is not None:
+        if data["initial_eval_loss"] and data["final_eval_loss"] is not None and data["final_eval_step"]:
             drop = round(1 - data["final_eval_loss"] / data["initial_eval_loss"], 4)
         data.update(eval_loss_drop=drop, final_perplexity=_ppl(data["final_eval_loss"]), events=dict(self.log.counts),
                     monitor={"samples": self.monitor.samples, "peak": self.monitor.peak} if self.monitor else None,

@@ -319,7 +319,10 @@ def _print_summary(r: Any) -> None:
         return "n/a" if x is None else format(x, spec)
 
     drop = ""
-    if r.initial_eval_loss and r.final_eval_loss is not None:
+    if r.final_eval_step == 0 and r.optimizer_steps:
+        # Stopped before the first eval: the only eval loss is the starting point's, not a result.
+        drop = f" (before training; the first eval comes at step {r.config['eval_steps']})"
+    elif r.initial_eval_loss and r.final_eval_loss is not None:
         drop = f" ({100 * (1 - r.final_eval_loss / r.initial_eval_loss):.0f}% below the start, {fmt(r.initial_eval_loss)})"
     state = "stopped by signal; resume with --resume" if r.interrupted else "done"
     typer.echo(f"{state}: {r.optimizer_steps} steps of {r.effective_batch_size} sequences on {r.device} ({r.precision}); "

@@ -219,3 +219,29 @@ def test_a_sticky_device_error_restarts_the_cli_in_a_fresh_process_that_resumes(
     assert json.loads((run / "summary.json").read_text())["optimizer_steps"] == 6
     losses = {m["step"]: m["loss"] for m in read_jsonl(run / "metrics.jsonl")}
     assert [losses[i] for i in range(1, 7)] == pytest.approx(whole.losses, rel=1e-6)
+
+
+def test_a_run_stopped_before_its_first_eval_claims_no_eval_loss_drop(tmp_path, capsys):
+    import signal
+    from pathlib import Path
+
+    from overseer_plan.commands.train import _print_summary
+    from trainer.loop import Trainer
+
+    config = tiny_config(tmp_path)
+    trainer = Trainer(config, cache_dir=Path(config.output_dir).parent / "cache")
+    try:
+        trainer.setup()
+        trainer._stop_signal = signal.SIGTERM  # as the handler leaves it: stop after this step
+        result = trainer.train()
+    finally:
+        trainer.close()
+    assert result.interrupted and result.optimizer_steps == 1
+    assert result.final_eval_step == 0 and result.final_eval_loss == result.initial_eval_loss
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["eval_loss_drop"] is None
+    _print_summary(result)
+    line = [ln for ln in capsys.readouterr().out.splitlines() if "eval loss" in ln][0]
+    assert "below the start" not in line
+    assert f"(before training; the first eval comes at step {config.eval_steps})" in line
+    finished = run_trainer(tiny_config(tmp_path / "b"))
+    assert finished.final_eval_step == finished.optimizer_steps
