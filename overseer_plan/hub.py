@@ -53,6 +53,30 @@ def _endpoint() -> str:
     return os.environ.get("HF_ENDPOINT") or _DEFAULT_ENDPOINT
 
 
+def endpoint_problem() -> str | None:
+    """What is wrong with HF_ENDPOINT, or None when it is unset or an http(s) URL with a host and valid port."""
+    raw = os.environ.get("HF_ENDPOINT")
+    if not raw:
+        return None
+    url = urlsplit(raw)
+    try:
+        _ = url.port  # urllib validates the port only when it is read
+    except ValueError:
+        return f"HF_ENDPOINT={raw!r} has an invalid port"
+    if url.scheme.lower() not in _PROXY_VARS or not url.hostname:
+        return f"HF_ENDPOINT={raw!r} is not an http(s) URL with a host"
+    return None
+
+
+def check_endpoint() -> None:
+    """Raise UserInputError for a malformed HF_ENDPOINT: huggingface_hub fails on it with a traceback when
+    it is imported (an invalid port), or later on every request."""
+    from overseer_plan.errors import UserInputError
+
+    if (problem := endpoint_problem()) is not None:
+        raise UserInputError(f"{problem}; set it to a URL like https://huggingface.co, or unset it")
+
+
 def _decide() -> tuple[bool, str]:
     """(whether to ask the Hub, why in a few words)."""
     if offline_mode():
@@ -61,13 +85,9 @@ def _decide() -> tuple[bool, str]:
     scheme = url.scheme.lower() if url.scheme.lower() in _PROXY_VARS else "https"
     if any(os.environ.get(v) for v in _PROXY_VARS[scheme]):
         return True, "a proxy is set: the Hub library is left to try"
-    try:
-        port = url.port or (80 if scheme == "http" else 443)
-    except ValueError:
-        port = None
-    if not url.hostname or port is None:
+    if endpoint_problem() is not None:
         return True, "HF_ENDPOINT is malformed: the Hub library reports it"
-    why = _probe(scheme, url.hostname, port, url.path or "/")
+    why = _probe(scheme, url.hostname, url.port or (80 if scheme == "http" else 443), url.path or "/")
     return why is None, why or "it answers"
 
 

@@ -23,7 +23,10 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from overseer_plan import hub
+
         try:
+            hub.check_endpoint()  # before any verb imports transformers, which fails on a bad one
             return fn(*args, **kwargs)
         except OverseerError as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -194,3 +194,13 @@ def test_describe_says_what_was_decided_and_why(monkeypatch, no_proxy):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:99999")
     assert hub.reachable() and "malformed" in hub.describe()  # the Hub library's own error is clearer
+
+
+@pytest.mark.parametrize("endpoint", ["https://hub.example:99999", "hub.example"])
+def test_a_malformed_endpoint_is_one_line_before_transformers_is_imported(endpoint, tmp_path):
+    # huggingface_hub raises on an invalid port while it is being imported, so every verb checks first.
+    env = {**_env_offline(tmp_path), "HF_ENDPOINT": endpoint}
+    r = subprocess.run([sys.executable, "-m", "overseer_plan", "estimate", "--model", "gpt2"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("overseer: error: HF_ENDPOINT=") and len(r.stderr.strip().splitlines()) == 1, r.stderr
