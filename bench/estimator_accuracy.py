@@ -172,13 +172,16 @@ def _heap_models(tr: object) -> dict:
     tensor-level allocator model's as twice the mean less that."""
     import re
 
+    from overseer_plan import preload
     from overseer_plan.calibration import cpu_rss_from_replay, is_half_precision, load_calibration
 
     half, frozen = is_half_precision(tr.config.precision), tr.config.lora is not None
+    cal = load_calibration()[0]
     for note in tr.notes:
         got = re.search(r"real-allocator replay \(heap \d+-(\d+) MiB", note)
         if got:
-            replay = cpu_rss_from_replay(int(got.group(1)) * 2**20, load_calibration()[0], half=half, frozen=frozen)
+            replay = cpu_rss_from_replay(int(got.group(1)) * 2**20, cal, half=half, frozen=frozen)
+            replay += preload.adjustment(tr.config, cal.imports)[0]
             return {"replay_only": replay, "allocator_only": 2 * tr.peak_bytes - replay}
     return {}
 

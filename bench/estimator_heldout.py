@@ -1,6 +1,6 @@
 """Estimator accuracy on model shapes and settings outside bench/estimator_accuracy.py's matrix.
 
-    python bench/estimator_heldout.py [--repeats 2] [--rows all|shapes|settings]    # ~4 min on 2 cores
+    python bench/estimator_heldout.py [--repeats 2] [--rows all|shapes|settings|families|deep|lora|lora-deep|8bit]
 
 The matrix fixes one width and depth per family and power-of-two batch and sequence sizes; the
 calibration models are fixed too. These rows change all of that at once (another family, Qwen2
@@ -100,6 +100,15 @@ LORA_DEEP_ROWS = [
     ("gpt2", dict(batch_size=4, seq_len=512, gradient_checkpointing=True, lora=dict(rank=16, targets=["c_attn"]))),
 ]
 
+# bitsandbytes' 8-bit AdamW (`pip install bitsandbytes`), as the trainer runs it; the last row's
+# rank-8 adapters are under bitsandbytes' 4096-element minimum, so their states stay fp32.
+EIGHT_BIT_ROWS = [
+    (QWEN, dict(batch_size=4, seq_len=384, optimizer="adamw8bit")),
+    (GPT2_5, dict(batch_size=6, seq_len=256, optimizer="adamw8bit")),
+    ("gpt2", dict(batch_size=2, seq_len=256, optimizer="adamw8bit")),
+    (QWEN, dict(batch_size=4, seq_len=384, optimizer="adamw8bit", lora=dict(rank=8, targets=["q_proj", "v_proj"]))),
+]
+
 # Deeper real models from the catalogue: traced at 2 and 4 layers on CPU and extrapolated to 12.
 DEEP_ROWS = [
     ("gpt2", dict(batch_size=2, seq_len=256)),
@@ -116,11 +125,12 @@ def _cell(v: float | None, real: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2, help="protocol runs per row")
-    ap.add_argument("--rows", choices=("all", "shapes", "settings", "families", "deep", "lora", "lora-deep"), default="all",
+    ap.add_argument("--rows", choices=("all", "shapes", "settings", "families", "deep", "lora", "lora-deep", "8bit"), default="all",
                     help="shapes: other models and shapes; settings: optimizers, attention, precisions, accumulation; "
                          "families: architectures outside the matrix (Gemma, Phi-3, OPT, Falcon, Mixtral, Bloom, ...); "
                          "deep: 12-layer catalogue models (GPT-2, Pythia-160M), ~5 min; "
-                         "lora: LoRA adapters on a frozen base (needs peft); lora-deep: LoRA on Qwen2-0.5B and GPT-2")
+                         "lora: LoRA adapters on a frozen base (needs peft); lora-deep: LoRA on Qwen2-0.5B and GPT-2; "
+                         "8bit: bitsandbytes' 8-bit AdamW (needs bitsandbytes; the LoRA row also peft)")
     args = ap.parse_args()
     os.environ["OVERSEER_CACHE_DIR"] = tempfile.mkdtemp(prefix="overseer-heldout-")  # shipped defaults only
     from estimator_accuracy import _heap_models
@@ -135,7 +145,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     rows = {"all": SHAPE_ROWS + SETTING_ROWS + FAMILY_ROWS + DEEP_ROWS, "shapes": SHAPE_ROWS,
             "settings": SETTING_ROWS, "families": FAMILY_ROWS, "deep": DEEP_ROWS, "lora": LORA_ROWS,
-            "lora-deep": LORA_DEEP_ROWS}[args.rows]
+            "lora-deep": LORA_DEEP_ROWS, "8bit": EIGHT_BIT_ROWS}[args.rows]
     for model, settings in rows:
         cfg = EstimateConfig(**settings)
         name = model if isinstance(model, str) else None

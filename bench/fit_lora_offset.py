@@ -4,8 +4,8 @@
 
 For each fp32 calibration point (overseer_plan/calibration.py `_CALIBRATION_RUNS`) the protocol
 (overseer_plan/_measure.py) trains peft LoRA adapters (rank 8 on the family's default targets:
-q_proj/v_proj, c_attn) and the traced estimate predicts it with the shipped calibration and no
-LoRA offset. The offset is the mean of measured - predicted; it goes into
+q_proj/v_proj, c_attn) and the traced estimate predicts it with the shipped calibration, the peft
+import's share of the modelling stack taken off (overseer_plan/preload.py), and no LoRA offset. The offset is the mean of measured - predicted; it goes into
 `CpuFactors.frozen_base_bytes` by hand, with these residuals in its provenance. The residuals of the
 traced estimate's two halves (real-allocator replay, tensor-level allocator model) are printed too.
 """

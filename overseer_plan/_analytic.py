@@ -404,6 +404,13 @@ def lora_params(shape: ModelShape, rank: int, targets: list[str] | None) -> int:
     return sum(rank * (fin + fout) for key, (_, fin, fout) in shape.linears.items() if key in names)
 
 
+def lora_shapes(shape: ModelShape, rank: int, targets: list[str] | None) -> tuple[tuple[int, ...], ...]:
+    """The adapters' matrices, A (r x in) and B (out x r) per adapted linear (widths averaged per name)."""
+    names = targets or default_lora_targets(shape)
+    return tuple(sh for key, (n, fin, fout) in shape.linears.items() if key in names and n
+                 for _ in range(n) for sh in ((rank, fin // n), (fout // n, rank)))
+
+
 def default_lora_targets(shape: ModelShape) -> list[str]:
     """peft's per-family default targets (query/value projections)."""
     return lora_targets_among(set(shape.linears))
@@ -569,7 +576,7 @@ def step_memory(shape: ModelShape, cfg: EstimateConfig, device: str) -> StepMemo
 
     if cfg.lora is not None:
         n_lora = lora_params(shape, cfg.lora.rank, cfg.lora.targets)
-        trainable, shapes = n_lora, ()
+        trainable, shapes = n_lora, lora_shapes(shape, cfg.lora.rank, cfg.lora.targets)
         largest = max((cfg.lora.rank * max(fin, fout) // n for n, fin, fout in shape.linears.values()), default=0)
         params = shape.num_params * pbytes + n_lora * pbytes
     else:
@@ -705,11 +712,18 @@ def _optimizer_bytes(
     if name == "adafactor":
         if shapes:
             states = sum(_adafactor_state(sh) for sh in shapes) * pbytes
-        else:  # LoRA adapters: r x d matrices, factored into r + d
+        else:  # no shapes known: r x d-like matrices, factored into r + d
             states = int(2 * math.sqrt(max(trainable, 1))) * pbytes
         return states, 2 * largest * pbytes
     if name == "adamw8bit":
-        return 2 * trainable + 2 * 4 * (-(-trainable // 256)), 0
+        # bitsandbytes keeps fp32 states for tensors under 4096 elements (min_8bit_size).
+        sizes = [math.prod(sh) for sh in shapes] if shapes else [trainable]
+        states = sum(8 * n if n < 4096 else 2 * n + 2 * 4 * (-(-n // 256)) for n in sizes)
+        if device == "cuda":
+            return states, 0  # one fused kernel
+        # CPU (bitsandbytes 0.50 backends/cpu/ops.py): per tensor, both states dequantized to fp32, a
+        # scaled fp32 copy of the gradient, sqrt(v) and its quotient; a 16-bit tensor adds its fp32 copy.
+        return states, largest * (20 if pbytes == 4 else 24)
     raise ValueError(f"unknown optimizer {name!r}")
 
 

@@ -3,7 +3,8 @@
 This is what "measured" means for the estimator (bench/estimator_accuracy.py) and what
 `overseer estimate --calibrate` fits its factors on. A fresh Python process:
 
-1. imports torch and transformers and records its resident set size (RSS);
+1. imports torch and transformers (and the library the run needs: peft for LoRA, bitsandbytes
+   for 8-bit AdamW, transformers.optimization for Adafactor) and records its resident set size (RSS);
 2. builds the model with ``AutoModelForCausalLM.from_config(config)`` (random weights);
 3. creates ``torch.optim.AdamW`` (or the optimizer named in the job);
 4. runs ``steps`` optimizer steps on random token batches of the given shape with
@@ -99,10 +100,18 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     opt_name = job.get("optimizer", "adamw")
     if opt_name != "adamw":
-        # Imported before the baseline, like torch: the trainer has these loaded before it trains.
-        import transformers.optimization  # noqa: F401
-
         from trainer.optim import make_optimizer
+    # The library the optimizer comes from is imported before the baseline, as a script that uses it
+    # does at its top (transformers.optimization for Adafactor, bitsandbytes for 8-bit AdamW; SGD is
+    # torch's). Either may import transformers' modelling stack, which the growth then no longer
+    # shows (overseer_plan/preload.py; the estimate knows).
+    if opt_name == "adafactor":
+        import transformers.optimization  # noqa: F401
+    if opt_name == "adamw8bit":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            pass  # make_optimizer says what to install
     lora = job.get("lora")
     if lora:
         import peft  # before the baseline: a peft script has it loaded before it trains

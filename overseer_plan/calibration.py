@@ -41,10 +41,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from overseer_plan._io import atomic_write_text
 from overseer_plan._model import FiniteModel
+from overseer_plan.preload import DEFAULT_PROFILE, ImportProfile, measure_profile
 
 MiB = 1024**2
 _PAGE = 4096
@@ -58,11 +59,13 @@ _CHUNK_OVERHEAD = 8 + 64  # malloc header + c10 alloc_cpu's 64-byte posix_memali
 # is ignored with a warning (load_calibration) rather than printing a negative peak or crashing in
 # int(). The upper bounds are tens of times the shipped values, far past any measured machine.
 _MAX_HALF_PRECISION_BYTES = 2 * 1024**3
-# `python bench/fit_lora_offset.py` (2026-11-24, peft 0.21.2, 2 protocol runs per point): the six fp32
-# calibration points trained as peft LoRA, rank 8 on q_proj/v_proj (c_attn for GPT-2), measured -
-# traced without this offset, MiB: llama-style 2x256 -98.2, 6x384 -107.7, 6x384 ckpt -108.1;
-# gpt2-style 2x384 -97.7, 6x256 -107.9, 6x384 ckpt -84.1. Mean -100.6 MiB (`CpuFactors.frozen_base_bytes`).
-FROZEN_BASE_BYTES = -105_493_490
+# `python bench/fit_lora_offset.py` (2026-11-25, peft 0.21.2 with bitsandbytes 0.50.2 installed, 2 protocol
+# runs per point): the six fp32 calibration points trained as peft LoRA, rank 8 on q_proj/v_proj (c_attn for
+# GPT-2), measured - traced without this offset, MiB: llama-style 2x256 +0.6, 6x384 -6.6, 6x384 ckpt -0.5;
+# gpt2-style 2x384 -1.4, 6x256 -4.3, 6x384 ckpt -18.4. Mean -5.1 MiB. The peft import's share of the
+# modelling stack (preload.py, -101 MiB) is applied first; before it was, this offset was fitted at
+# -100.6 MiB and read as "a frozen base keeps less outside its tensors", which it does only by these 5 MiB.
+FROZEN_BASE_BYTES = -5_331_271
 
 
 class CpuFactors(FiniteModel):
@@ -90,9 +93,8 @@ class CpuFactors(FiniteModel):
     frozen_base_bytes: int = Field(default=FROZEN_BASE_BYTES, ge=-_MAX_HALF_PRECISION_BYTES,
                                    le=_MAX_HALF_PRECISION_BYTES)
     """Added to both constants above when a frozen base trains LoRA adapters: fitted on the calibration
-    models trained with peft LoRA (bench/fit_lora_offset.py). Negative: such a step keeps less outside
-    its traced tensors than full fine-tuning, on which the constants were fitted. Files written before
-    it existed get the shipped value."""
+    models trained with peft LoRA (bench/fit_lora_offset.py), after the peft import's own effect
+    (`Calibration.imports`). Files written before it existed get the shipped value."""
     provenance: str
     """How these numbers were obtained."""
 
@@ -133,6 +135,18 @@ class Calibration(FiniteModel):
     """RSS of a process after importing torch and transformers (host baseline)."""
     points: list[dict[str, Any]] = []
     """The calibration measurements: shape, measured bytes, simulated bytes."""
+    imports: ImportProfile = DEFAULT_PROFILE
+    """What the modelling stack's imports cost here, alone and after peft, bitsandbytes or
+    transformers.optimization (overseer_plan/preload.py). Files written before it existed get the dev box's."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_file(cls, data: Any) -> Any:
+        # Files written before the import profile carry the LoRA offset fitted without it (-100.6 MiB),
+        # which the profile's peft figures now account for: they get the shipped residual instead.
+        if isinstance(data, dict) and "imports" not in data and isinstance(data.get("cpu"), dict):
+            data = {**data, "cpu": {k: v for k, v in data["cpu"].items() if k != "frozen_base_bytes"}}
+        return data
 
 
 # Shipped defaults: data, with provenance. CPU factors fitted by `overseer estimate --calibrate`
@@ -455,7 +469,8 @@ def calibrate(*, write: bool = True, repeats: int = 2, cpu: bool = True) -> Cali
     `churn_fraction` and `constant_bytes` are the least-squares fit of measured - tensor-level
     allocator model against the heap churn (`fit_churn_factors`), with scale fixed at 1.0,
     `replay_constant_bytes` the mean of measured - replayed heap (`fit_replay_constant`), and
-    `half_precision_bytes` the mean of the two fits' bf16-minus-fp32 offsets.
+    `half_precision_bytes` the mean of the two fits' bf16-minus-fp32 offsets. The import profile
+    (`preload.measure_profile`) is measured for the libraries installed here.
     Writes the file atomically. Takes a few minutes on a 2-core CPU
     (`repeats` measurements per point, averaged).
     """
@@ -515,6 +530,7 @@ def calibrate(*, write: bool = True, repeats: int = 2, cpu: bool = True) -> Cali
         cuda=cuda or DEFAULTS.cuda,
         import_rss_bytes=int(sum(p["import_rss_bytes"] for p in points) / len(points)),
         points=points,
+        imports=measure_profile(),
     )
     if write:
         _save(cal)

@@ -381,7 +381,7 @@ def estimate(
     """
     import time
 
-    from overseer_plan import _analytic
+    from overseer_plan import _analytic, preload
     from overseer_plan.calibration import (
         cpu_rss_from_sim,
         cpu_rss_from_trace,
@@ -493,7 +493,13 @@ def estimate(
             notes.append(f"cpu: {cal.cpu.half_precision_bytes / 2**20:+.0f} MiB calibrated offset for 16-bit matmuls")
         if frozen and cal.cpu.frozen_base_bytes:
             notes.append(f"cpu: {cal.cpu.frozen_base_bytes / 2**20:+.0f} MiB calibrated offset for a frozen base (LoRA)")
-        host = peak + cal.import_rss_bytes
+        grown, baseline, mods = preload.adjustment(cfg, cal.imports)
+        peak += grown
+        host = peak + cal.import_rss_bytes + baseline
+        if mods:
+            notes.append(f"cpu: {', '.join(mods)} imported before the baseline, as a script using it does: it already "
+                         f"imported {-grown / 2**20:.0f} MiB of transformers' modelling stack, which the growth no longer "
+                         f"shows; the baseline grows by {baseline / 2**20:.0f} MiB")
         notes.append("cpu: peak_bytes is RSS growth over the post-import baseline; host_peak adds the baseline")
         if long_run:
             notes.append(f"cpu: a long run adds about {long_run / 2**20:.0f} MiB past the 3 steps peak_bytes predicts "
