@@ -161,7 +161,10 @@ def measure_profile(modules: list[str] | None = None, *, repeats: int = 2) -> Im
     base = min(_probe([])[1] for _ in range(repeats))
     libs = {}
     for m in modules:
-        runs = [_probe([m]) for _ in range(repeats)]
+        try:
+            runs = [_probe([m]) for _ in range(repeats)]
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError, IndexError):
+            continue  # installed but fails to import here: no run can preload it, so no entry
         libs[m] = Preload(rss_bytes=min(r for r, _ in runs), build_import_bytes=min(b for _, b in runs))
     return ImportProfile(build_import_bytes=base, libraries=libs,
                          provenance="measured by `overseer estimate --calibrate` (overseer_plan.preload)")

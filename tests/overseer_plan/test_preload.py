@@ -91,3 +91,8 @@ def test_measured_modelling_stack_is_mostly_paid_by_importing_it_first():
     lib = prof.libraries["transformers.modeling_utils"]
     assert lib.rss_bytes > 20 * MiB
     assert prof.overlap("transformers.modeling_utils") > prof.build_import_bytes / 2
+
+
+def test_a_library_that_fails_to_import_gets_no_entry():
+    prof = measure_profile(["overseer_no_such_module"], repeats=1)
+    assert prof.libraries == {} and prof.build_import_bytes > 0
