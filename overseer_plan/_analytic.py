@@ -691,6 +691,12 @@ def heap_gap_estimate(shape: ModelShape, cfg: EstimateConfig, device: str) -> fl
     return constant + _HEAP_GAP_PER_BLOCK[bool(cfg.gradient_checkpointing)] * block
 
 
+# bitsandbytes' 8-bit optimizers: tensors under BNB_MIN_8BIT_SIZE elements keep fp32 states
+# (Optimizer8bit's min_8bit_size); the others one fp32 absmax per BNB_BLOCK-element block per state.
+BNB_MIN_8BIT_SIZE = 4096
+BNB_BLOCK = 256
+
+
 def _optimizer_bytes(
     name: str, trainable: int, shapes: tuple[tuple[int, ...], ...], largest: int, pbytes: int, device: str
 ) -> tuple[int, int]:
@@ -716,9 +722,8 @@ def _optimizer_bytes(
             states = int(2 * math.sqrt(max(trainable, 1))) * pbytes
         return states, 2 * largest * pbytes
     if name == "adamw8bit":
-        # bitsandbytes keeps fp32 states for tensors under 4096 elements (min_8bit_size).
         sizes = [math.prod(sh) for sh in shapes] if shapes else [trainable]
-        states = sum(8 * n if n < 4096 else 2 * n + 2 * 4 * (-(-n // 256)) for n in sizes)
+        states = sum(8 * n if n < BNB_MIN_8BIT_SIZE else 2 * n + 2 * 4 * (-(-n // BNB_BLOCK)) for n in sizes)
         if device == "cuda":
             return states, 0  # one fused kernel
         # CPU (bitsandbytes 0.50 backends/cpu/ops.py): per tensor, both states dequantized to fp32, a

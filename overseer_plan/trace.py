@@ -683,11 +683,6 @@ def _make_optimizer(name: str, params: list, device: str) -> Any:
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-# bitsandbytes keeps 32-bit states for tensors under this many elements (Optimizer8bit's min_8bit_size).
-_BNB_MIN_8BIT_SIZE = 4096
-_BNB_BLOCK = 256
-
-
 def _EightBitAdamStandIn(params: list, device: str = "cuda") -> Any:
     """bitsandbytes AdamW8bit's memory, without bitsandbytes (Dettmers et al. 2021, arXiv 2110.02861).
 
@@ -700,6 +695,8 @@ def _EightBitAdamStandIn(params: list, device: str = "cuda") -> Any:
     temporaries are 5 x 154 MiB)."""
     import torch
 
+    from overseer_plan._analytic import BNB_BLOCK, BNB_MIN_8BIT_SIZE
+
     class EightBit(torch.optim.Optimizer):
         def __init__(self, params: list) -> None:
             super().__init__(params, {"lr": 1e-4})
@@ -711,7 +708,7 @@ def _EightBitAdamStandIn(params: list, device: str = "cuda") -> Any:
                     if p.grad is None:
                         continue
                     st = self.state[p]
-                    small = p.numel() < _BNB_MIN_8BIT_SIZE
+                    small = p.numel() < BNB_MIN_8BIT_SIZE
                     if not st:
                         if small:
                             st["state1"] = torch.zeros_like(p, dtype=torch.float32)
@@ -719,7 +716,7 @@ def _EightBitAdamStandIn(params: list, device: str = "cuda") -> Any:
                         else:
                             st["state1"] = torch.zeros_like(p, dtype=torch.uint8)
                             st["state2"] = torch.zeros_like(p, dtype=torch.uint8)
-                            blocks = (p.numel() + _BNB_BLOCK - 1) // _BNB_BLOCK
+                            blocks = (p.numel() + BNB_BLOCK - 1) // BNB_BLOCK
                             st["absmax1"] = torch.zeros(blocks, dtype=torch.float32)
                             st["absmax2"] = torch.zeros(blocks, dtype=torch.float32)
                     if device == "cpu":
@@ -733,6 +730,8 @@ def _EightBitAdamStandIn(params: list, device: str = "cuda") -> Any:
 def _bnb_cpu_update(p: Any, st: dict, small: bool, lr: float) -> None:
     """The allocations of bitsandbytes' CPU update for one tensor (see `_EightBitAdamStandIn`)."""
     import torch
+
+    from overseer_plan._analytic import BNB_BLOCK
 
     if small:  # _optimizer_update_32bit_cpu: states in place, update = m / (sqrt(v) + eps)
         g = p.grad.float() * 1.0
@@ -754,7 +753,7 @@ def _bnb_cpu_update(p: Any, st: dict, small: bool, lr: float) -> None:
     p.data.copy_(p_fp32)
     for state in (m, v):  # quantize_blockwise: a uint8 copy and the absmax, copied into the state
         out = torch.empty_like(state, dtype=torch.uint8)
-        absmax = torch.empty(((state.numel() + _BNB_BLOCK - 1) // _BNB_BLOCK,), dtype=torch.float32)
+        absmax = torch.empty(((state.numel() + BNB_BLOCK - 1) // BNB_BLOCK,), dtype=torch.float32)
         del out, absmax
     del m, v, g, denom
 
