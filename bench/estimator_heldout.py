@@ -109,6 +109,21 @@ EIGHT_BIT_ROWS = [
     (QWEN, dict(batch_size=4, seq_len=384, optimizer="adamw8bit", lora=dict(rank=8, targets=["q_proj", "v_proj"]))),
 ]
 
+# A deep, narrow modern model users fine-tune on CPUs: SmolLM2-135M's shape (HuggingFaceTB/SmolLM2-135M
+# config.json: Llama, 30 layers, width 576, 9 query / 3 key-value heads, tied 49152-token embeddings),
+# traced at two reduced depths and extrapolated 7.5x; and Qwen2-0.5B fully fine-tuned. All fp32: one
+# run of the 30-layer model at 2 x 512 with bf16 autocast took over 12 min here.
+SMOL = {"model_type": "llama", "num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "max_position_embeddings": 8192,
+        "rope_theta": 100000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": True, "bos_token_id": 0,
+        "eos_token_id": 0}
+MODERN_DEEP_ROWS = [
+    (SMOL, dict(batch_size=4, seq_len=256)),
+    (SMOL, dict(batch_size=2, seq_len=512, gradient_checkpointing=True)),
+    (SMOL, dict(batch_size=2, seq_len=256, grad_accum=4)),
+    ("qwen2-0.5b", dict(batch_size=1, seq_len=256)),
+]
+
 # Deeper real models from the catalogue: traced at 2 and 4 layers on CPU and extrapolated to 12.
 DEEP_ROWS = [
     ("gpt2", dict(batch_size=2, seq_len=256)),
@@ -125,12 +140,14 @@ def _cell(v: float | None, real: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2, help="protocol runs per row")
-    ap.add_argument("--rows", choices=("all", "shapes", "settings", "families", "deep", "lora", "lora-deep", "8bit"), default="all",
+    ap.add_argument("--rows", choices=("all", "shapes", "settings", "families", "deep", "lora", "lora-deep", "8bit", "modern-deep"),
+                    default="all",
                     help="shapes: other models and shapes; settings: optimizers, attention, precisions, accumulation; "
                          "families: architectures outside the matrix (Gemma, Phi-3, OPT, Falcon, Mixtral, Bloom, ...); "
                          "deep: 12-layer catalogue models (GPT-2, Pythia-160M), ~5 min; "
                          "lora: LoRA adapters on a frozen base (needs peft); lora-deep: LoRA on Qwen2-0.5B and GPT-2; "
-                         "8bit: bitsandbytes' 8-bit AdamW (needs bitsandbytes; the LoRA row also peft)")
+                         "8bit: bitsandbytes' 8-bit AdamW (needs bitsandbytes; the LoRA row also peft); "
+                         "modern-deep: SmolLM2-135M's 30-layer shape and Qwen2-0.5B, fully fine-tuned, ~15 min")
     args = ap.parse_args()
     os.environ["OVERSEER_CACHE_DIR"] = tempfile.mkdtemp(prefix="overseer-heldout-")  # shipped defaults only
     from estimator_accuracy import _heap_models
@@ -145,7 +162,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     rows = {"all": SHAPE_ROWS + SETTING_ROWS + FAMILY_ROWS + DEEP_ROWS, "shapes": SHAPE_ROWS,
             "settings": SETTING_ROWS, "families": FAMILY_ROWS, "deep": DEEP_ROWS, "lora": LORA_ROWS,
-            "lora-deep": LORA_DEEP_ROWS, "8bit": EIGHT_BIT_ROWS}[args.rows]
+            "lora-deep": LORA_DEEP_ROWS, "8bit": EIGHT_BIT_ROWS,
+            "modern-deep": MODERN_DEEP_ROWS}[args.rows]
     for model, settings in rows:
         cfg = EstimateConfig(**settings)
         name = model if isinstance(model, str) else None

@@ -167,16 +167,18 @@ DEFAULTS = Calibration(
             "larger of 2 processes. churn_fraction, constant_bytes and the allocator model's half-precision offset: "
             "least squares of measured - tensor-level model = churn_fraction * heap churn + constant (+ offset at "
             "bf16), scale fixed at 1.0. replay_constant_bytes: mean of measured - replayed heap growth at fp32; its "
-            "offset the bf16 mean minus that. half_precision_bytes: the mean of the two offsets (-9.9 and -11.5 MiB). "
+            "offset the bf16 mean minus that. half_precision_bytes: the mean of the two offsets (-9.9 and -11.9 MiB). "
             "Points fp32 | bf16, measured / tensor-level model / churn / replay draws MiB: llama-style 3x192 2x256 "
-            "354/186/250/202,202,203 | 327/179/276/213,213,213; 6x384 670/511/471/521,524,527 | "
-            "635/478/432/509,496,503; 6x384 ckpt 617/448/615/491,475,478 | 588/444/552/458,448,468; gpt2-style 3x192 "
-            "2x384 419/260/359/299,314,306 | 404/254/343/317,312,317; 6x256 611/442/587/494,505,494 | "
-            "549/396/474/446,446,454; 6x384 ckpt 736/491/1397/665,597,611 | 687/465/1164/540,587,526. Result 0.0805 "
-            "per churned byte + 128.8 MiB; replay constant 128.5 MiB (residuals 71-161 MiB); half precision -10.7 MiB"
+            "354/186/250/226,226,244 | 327/179/276/215,239,247; 6x384 670/511/471/544,553,558 | "
+            "635/478/432/527,521,531; 6x384 ckpt 617/448/615/510,526,521 | 588/444/552/486,478,498; gpt2-style 3x192 "
+            "2x384 419/260/359/304,303,303 | 404/254/343/313,302,312; 6x256 611/442/587/490,492,497 | "
+            "549/396/474/444,445,459; 6x384 ckpt 736/491/1397/625,591,607 | 687/465/1164/524,555,584. Result 0.0805 "
+            "per churned byte + 128.8 MiB; replay constant 116.7 MiB (residuals 80-163 MiB; replayed 2026-12-07 "
+            "with warmed replay processes, which count the trace's first-use imports as growth: 128.5 MiB before); "
+            "half precision -10.9 MiB"
         ),
-        replay_constant_bytes=134_720_171,
-        half_precision_bytes=-11_187_446,
+        replay_constant_bytes=122_415_104,
+        half_precision_bytes=-11_389_858,
         frozen_base_bytes=FROZEN_BASE_BYTES,
     ),
     cuda=CudaFactors(

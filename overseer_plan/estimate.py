@@ -295,7 +295,8 @@ def _write_trace_cache(key: str, result: dict[str, Any]) -> None:
         pass
 
 
-def trace_inputs(config: Any, cfg: EstimateConfig, device: str, *, cuda_workspace_bytes: int = 0) -> dict[str, Any]:
+def trace_inputs(config: Any, cfg: EstimateConfig, device: str, *, cuda_workspace_bytes: int = 0,
+                 workers: Any = None) -> dict[str, Any]:
     """The traced dry run's results, as cached: live peak, breakdown, phase and the heap models' inputs
     (tensor-level allocator peak `sim_peak`, `churn`, and the replay's heap `growth` or None).
 
@@ -303,7 +304,8 @@ def trace_inputs(config: Any, cfg: EstimateConfig, device: str, *, cuda_workspac
     (heap_replay.py); otherwise in this process, with the tensor-level allocator model only.
     On CUDA the log is replayed through the caching allocator (cuda_alloc.py), with a cuBLAS
     workspace of `cuda_workspace_bytes` for each thread that runs matrix products, giving
-    `cuda_reserved` and `cuda_allocated`.
+    `cuda_reserved` and `cuda_allocated`. `workers`: replay processes already started
+    (heap_replay.Workers).
     """
     import time
 
@@ -320,7 +322,7 @@ def trace_inputs(config: Any, cfg: EstimateConfig, device: str, *, cuda_workspac
     # (calibration.ACCUM_CHURN_MICROBATCHES).
     churn_scale = churn_microbatches(cfg.grad_accum) / traced_cfg.grad_accum
     depths = trace_depths(config, device)
-    runs = heap_replay.replay(config, traced_cfg, depths) if device == "cpu" else None
+    runs = heap_replay.replay(config, traced_cfg, depths, workers=workers) if device == "cpu" else None
     if runs is not None:
         first = [r[0] for r in runs]
 
@@ -381,6 +383,30 @@ def estimate(
     """
     import time
 
+    from overseer_plan import heap_replay
+
+    t0 = time.perf_counter()
+    cfg = config if config is not None else EstimateConfig()
+    if device not in ("cpu", "cuda"):
+        raise UserInputError(f"device must be 'cpu' or 'cuda' (got {device!r})")
+    if method not in ("analytic", "traced"):
+        raise UserInputError(f"method must be 'analytic' or 'traced' (got {method!r})")
+    # A traced CPU estimate replays in fresh processes (heap_replay.py): start them now, so their
+    # imports run while this process resolves the model and builds its census (they are killed
+    # unused on bad input or a cache hit).
+    replayed = method == "traced" and device == "cpu"
+    with heap_replay.Workers(1 if replayed else 0) as workers:
+        resolved = _resolve(model)
+        if replayed:
+            workers.top_up(heap_replay.processes_for(resolved.config))
+        return _estimate(resolved, cfg, device, method, workers, t0)
+
+
+def _estimate(resolved: Any, cfg: EstimateConfig, device: Device, method: Method, workers: Any,
+              t0: float) -> MemoryEstimate:
+    """`estimate` once the model is resolved (`workers`: heap_replay.Workers for a traced CPU run)."""
+    import time
+
     from overseer_plan import _analytic, preload
     from overseer_plan.calibration import (
         cpu_rss_from_sim,
@@ -393,13 +419,6 @@ def estimate(
     )
     from overseer_plan.models import choose_attention
 
-    t0 = time.perf_counter()
-    cfg = config if config is not None else EstimateConfig()
-    if device not in ("cpu", "cuda"):
-        raise UserInputError(f"device must be 'cpu' or 'cuda' (got {device!r})")
-    if method not in ("analytic", "traced"):
-        raise UserInputError(f"method must be 'analytic' or 'traced' (got {method!r})")
-    resolved = _resolve(model)
     name, fingerprint = resolved.name, resolved.fingerprint
     shape = _analytic.model_shape(lambda: resolved.config, fingerprint)
     if shape.max_positions is not None and cfg.seq_len > shape.max_positions:
@@ -445,7 +464,7 @@ def estimate(
         cache_key = _trace_cache_key(fingerprint, cfg, device, f"workspace {workspace}" if workspace else "")
         got = _read_trace_cache(cache_key)
         if got is None:
-            got = trace_inputs(resolved.config, cfg, device, cuda_workspace_bytes=workspace)
+            got = trace_inputs(resolved.config, cfg, device, cuda_workspace_bytes=workspace, workers=workers)
             _write_trace_cache(cache_key, got)
         else:
             notes.append("trace: reused this machine's cached result for the same config and versions")

@@ -18,13 +18,21 @@ pymalloc arenas: `CpuFactors.replay_constant_bytes`) predicts ru_maxrss growth.
 
 The heap is chaotic: the same row replays 830-1050 MiB in different processes, as the real run
 itself varies. `replay` therefore runs two processes side by side and keeps the larger,
-since predicting too little is the error that crashes users.
+since predicting too little is the error that crashes users. A deep model's two reduced depths
+are one draw: one process imports, then forks once per depth (`_forked`).
+
+Speed. Importing torch, transformers' modelling stack and torch._dynamo costs a replay process
+~5 s of CPU on a 2-core machine, more than its trace. `Workers` starts the processes when a
+traced CPU estimate begins, so they import while the caller resolves the model; they import
+before reading their job (`warm_up`) and count the heap that took as growth, as if it had been
+imported inside the trace, where a fresh process would import it.
 
 Linux with glibc >= 2.33 only (mallinfo2); elsewhere `available()` is False and the caller
 falls back to the tensor-level allocator model (`calibration.simulate_glibc`), as it does when
 the environment sets OVERSEER_HEAP_REPLAY=0 (no subprocesses; the test suite does this except
 where it tests the replay itself).
-Run as ``python -m overseer_plan.heap_replay`` with a JSON job on stdin; prints one JSON line.
+Run as ``python -m overseer_plan.heap_replay``: a JSON ``{"jobs": [...]}`` on stdin (one job, or
+one per depth to run as forks); prints one JSON line, a list of results.
 """
 
 from __future__ import annotations
@@ -48,8 +56,9 @@ if TYPE_CHECKING:
 _ALIGN = 64  # c10::alloc_cpu's posix_memalign alignment (c10/core/impl/alloc_cpu.cpp, gAlignment)
 # Processes per estimate. The heap's peak varies up to ~12% between processes for the same row
 # (bench/results/estimator_accuracy.md); the largest of several sits near the top of that spread.
-# Two, run side by side, keep a traced estimate near 5 s on 2 cores (three took 9-10 s, over the
-# 10 s budget). Deep models are traced at two reduced depths: one process each.
+# Two, run side by side, keep a traced estimate near 5 s on a fast 2-core machine and under 10 s on a
+# slow one (three took 9-10 s on the fast one). Deep models are traced at two reduced depths: one
+# process, forked per depth.
 REPEATS = 2
 _TIMEOUT_S = 600
 ENV_SWITCH = "OVERSEER_HEAP_REPLAY"
@@ -93,8 +102,7 @@ class _RealHeap(list):
         self.failed = False
 
     def _heap(self) -> int:
-        info = self._libc.mallinfo2()
-        return int(info.arena + info.hblkhd)
+        return _heap_now(self._libc)
 
     def append(self, event: tuple[int, int, str]) -> None:
         super().append(event)
@@ -123,8 +131,44 @@ class _RealHeap(list):
         return None if self.failed else self.peak - self.base
 
 
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Trace one depth with the real heap replay, in *this* process (call it only in a fresh one)."""
+def warm_up() -> int:
+    """Import what a trace imports on first use, before the job arrives; the heap bytes that took.
+
+    A trace's first `FakeTensorMode()` and `from_config` import torch._dynamo and transformers'
+    modelling stack: ~3 s on a 2-core machine, which a worker started early (`Workers`) spends
+    while its parent resolves the model. Those imports come before the first tensor in the trace
+    as they do in a training process, so moving them before the replay's baseline changes nothing
+    but where the heap is read; their heap bytes are added back to the growth (`run_job`).
+    """
+    # What a trace has imported before its replay's baseline anyway (trace._run): not counted.
+    import torch
+    import torch._subclasses.fake_tensor  # noqa: F401
+
+    import overseer_plan.calibration  # noqa: F401
+    import overseer_plan.estimate  # noqa: F401
+    import overseer_plan.trace  # noqa: F401
+
+    libc = _libc()
+    before = _heap_now(libc)
+    import torch._dynamo  # noqa: F401  (the first FakeTensorMode() imports it)
+    import transformers.modeling_utils  # noqa: F401  (the first from_config)
+
+    del torch
+    return _heap_now(libc) - before
+
+
+def _heap_now(libc: Any) -> int:
+    if libc is None:
+        return 0
+    info = libc.mallinfo2()
+    return int(info.arena + info.hblkhd)
+
+
+def run_job(job: dict[str, Any], *, warmed_heap_bytes: int = 0) -> dict[str, Any]:
+    """Trace one depth with the real heap replay, in *this* process (call it only in a fresh one).
+
+    `warmed_heap_bytes`: heap the process's `warm_up` took before the job; it counts as growth.
+    """
     import resource
 
     import transformers
@@ -150,61 +194,182 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     tr = trace_peak(config, cfg, device="cpu", depths=[int(job["depth"])], events=sink)
     run = tr.runs[0]
     heaps[0].release()
+    growth = heaps[0].growth_bytes
     return {
         "depth": run.num_layers, "live": run.live_peak_bytes, "phase": run.peak_phase, "parts": run.breakdown,
         "phases": run.phases,
         "sim_peak": simulate_glibc(run.events), "churn": heap_churn(run.events),
-        "growth": heaps[0].growth_bytes, "wall_s": time.perf_counter() - t0,
+        "growth": None if growth is None else growth + warmed_heap_bytes, "wall_s": time.perf_counter() - t0,
         # What the trace and the replay cost in RAM (Linux reports ru_maxrss in KiB).
         "maxrss_growth": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss0) * 1024,
     }
 
 
+class Workers:
+    """Replay processes started ahead of their jobs.
+
+    Each imports torch, transformers and what a trace needs (`warm_up`, ~5 s of CPU on a 2-core
+    machine) while the caller is still resolving the model and building its census, then waits
+    for its job on stdin. `estimate()` starts one as soon as it knows a traced CPU estimate is
+    wanted, a second once the model turns out shallow enough for two repeats (`processes_for`),
+    and kills whatever it did not use, e.g. on a cache hit.
+    """
+
+    def __init__(self, count: int = 0) -> None:
+        self._procs: list[subprocess.Popen[str]] = []
+        self.top_up(count)
+
+    def top_up(self, count: int) -> None:
+        """Start processes until `count` are waiting (none where the replay is unavailable)."""
+        while len(self._procs) < count and available():
+            proc = _start()
+            if proc is None:
+                return
+            self._procs.append(proc)
+
+    def take(self) -> subprocess.Popen[str] | None:
+        """A started process, or None when none is left."""
+        return self._procs.pop(0) if self._procs else None
+
+    def close(self) -> None:
+        """Stop the processes nobody took."""
+        while self._procs:
+            _stop(self._procs.pop())
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def processes_for(config: PretrainedConfig) -> int:
+    """Replay processes a traced CPU estimate of `config` uses: `REPEATS` for a model traced whole,
+    one for a deep one (its two reduced depths run as forks of that process)."""
+    from overseer_plan.trace import trace_depths
+
+    return REPEATS if len(trace_depths(config, "cpu")) == 1 else 1
+
+
+def _start() -> subprocess.Popen[str] | None:
+    env = dict(os.environ)
+    # Perturbing freed memory would touch every page (and make the replay cost real RAM).
+    env.pop("MALLOC_PERTURB_", None)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "overseer_plan.heap_replay"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    except OSError:
+        return None
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    try:
+        proc.communicate(timeout=30)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        pass
+
+
+def _finish(proc: subprocess.Popen[str], jobs: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """Send `jobs` to a started process; one result per job, or None when any failed or gave up."""
+    try:
+        out, _ = proc.communicate(json.dumps({"jobs": jobs}), timeout=_TIMEOUT_S)
+        got = json.loads(out.strip().splitlines()[-1]) if proc.returncode == 0 else None
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        _stop(proc)
+        return None
+    if not isinstance(got, list) or len(got) != len(jobs):
+        return None
+    return got if all(isinstance(r, dict) and r.get("growth") is not None for r in got) else None
+
+
 def replay(config: PretrainedConfig, cfg: EstimateConfig, depths: list[int], *,
-           repeats: int | None = None) -> list[list[dict[str, Any]]] | None:
+           repeats: int | None = None, workers: Workers | None = None) -> list[list[dict[str, Any]]] | None:
     """Run `run_job` for each depth, `repeats` fresh processes each (in parallel, one per core).
 
-    `repeats` defaults to `REPEATS` for one depth and 1 per depth for two.
+    `repeats` defaults to `REPEATS` for one depth and 1 per depth for two. With one repeat, the
+    depths run as forks of one process, which imports once. `workers`: processes already
+    started (`Workers`), used before any new one is started.
 
     Returns, per depth, the runs' results; None when the replay is unavailable or any process
     failed (the caller then uses the tensor-level allocator model).
     """
     if not available():
         return None
-
-    def one(depth: int) -> dict[str, Any] | None:
-        return run_job_in_subprocess(config, cfg, depth=depth)
-
     if repeats is None:
         repeats = REPEATS if len(depths) == 1 else 1
-    work = [d for d in depths for _ in range(repeats)]
-    with ThreadPoolExecutor(max_workers=max(1, min(len(work), os.cpu_count() or 1))) as pool:
-        results = list(pool.map(one, work))
-    if any(r is None for r in results):
+    batches = [[d] for d in depths for _ in range(repeats)] if repeats > 1 else [list(depths)]
+
+    def one(batch: list[int]) -> list[dict[str, Any]] | None:
+        proc = (workers.take() if workers is not None else None) or _start()
+        return None if proc is None else _finish(proc, [_job(config, cfg, d) for d in batch])
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(batches), os.cpu_count() or 1))) as pool:
+        got = list(pool.map(one, batches))
+    if any(r is None for r in got):
         return None
+    results = [r for batch in got for r in batch or []]
     return [[r for r in results if r["depth"] == d] for d in depths]
+
+
+def _job(config: PretrainedConfig, cfg: EstimateConfig, depth: int) -> dict[str, Any]:
+    return {"config": config.to_dict(), "settings": cfg.model_dump(mode="json"), "depth": depth}
 
 
 def run_job_in_subprocess(config: PretrainedConfig, cfg: EstimateConfig, *, depth: int) -> dict[str, Any] | None:
     """`run_job` in a fresh process: its result, or None when the process failed or the replay gave up."""
-    env = dict(os.environ)
-    # Perturbing freed memory would touch every page (and make the replay cost real RAM).
-    env.pop("MALLOC_PERTURB_", None)
-    job = {"config": config.to_dict(), "settings": cfg.model_dump(mode="json"), "depth": depth}
-    try:
-        out = subprocess.run([sys.executable, "-m", "overseer_plan.heap_replay"], input=json.dumps(job),
-                             capture_output=True, text=True, env=env, timeout=_TIMEOUT_S, check=False)
-        got = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
-        return None
-    return got if isinstance(got, dict) and got.get("growth") is not None else None
+    proc = _start()
+    got = None if proc is None else _finish(proc, [_job(config, cfg, depth)])
+    return got[0] if got else None
+
+
+def _forked(jobs: list[dict[str, Any]], warmed: int) -> list[dict[str, Any] | None]:
+    """Each job in its own fork of this process, side by side.
+
+    A fork starts from the heap this process's imports left, as a fresh process would after the
+    same imports, without paying for them again (~5 s of CPU each on 2 cores). Forks share the
+    parent's address layout and hash seed, so they are the same draw of the heap's chaos: right
+    for a deep model's two depths (one draw, extrapolated), not for repeats of one.
+    """
+    children = []
+    for job in jobs:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: trace, write the result, leave without running the parent's exit code
+            os.close(read_fd)
+            code = 1
+            try:
+                data = json.dumps(run_job(job, warmed_heap_bytes=warmed)).encode()
+                code = 0
+            except BaseException:  # noqa: BLE001 - the parent reports a failed depth as None
+                data = b""
+            with os.fdopen(write_fd, "wb") as out:
+                out.write(data)
+            os._exit(code)
+        os.close(write_fd)
+        children.append((pid, read_fd))
+    results: list[dict[str, Any] | None] = []
+    for pid, read_fd in children:
+        with os.fdopen(read_fd, "rb") as pipe:
+            data = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        results.append(json.loads(data) if status == 0 and data else None)
+    return results
 
 
 def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    print(json.dumps(run_job(json.loads(sys.stdin.read()))))
+    warmed = warm_up()
+    text = sys.stdin.read()
+    if not text.strip():
+        return  # the parent did not need this process after all
+    jobs = json.loads(text)["jobs"]
+    if len(jobs) == 1:
+        print(json.dumps([run_job(jobs[0], warmed_heap_bytes=warmed)]))
+    else:
+        print(json.dumps(_forked(jobs, warmed)))
 
 
 if __name__ == "__main__":

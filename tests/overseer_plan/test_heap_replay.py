@@ -88,3 +88,47 @@ def test_a_calibration_without_a_replay_constant_keeps_the_allocator_model(tmp_p
     calibration_path().write_text(cal.model_dump_json())
     est = estimate(GPT2, EstimateConfig(batch_size=2, seq_len=128), method="traced")
     assert any("no real-allocator replay constant" in n for n in est.notes)
+
+
+@needs_glibc
+def test_a_deep_model_replays_both_depths_as_forks_of_one_process():
+    deep = resolve_model_config({**GPT2, "n_layer": 8})
+    assert heap_replay.processes_for(deep) == 1
+    assert heap_replay.processes_for(resolve_model_config(dict(GPT2))) == heap_replay.REPEATS
+    settings = EstimateConfig(batch_size=4, seq_len=256)
+    with heap_replay.Workers(1) as workers:
+        runs = heap_replay.replay(deep, settings, [2, 4], workers=workers)
+        assert workers.take() is None  # the started process was used, none was started beside it
+    assert runs is not None and [len(r) for r in runs] == [1, 1]
+    two, four = runs[0][0], runs[1][0]
+    assert (two["depth"], four["depth"]) == (2, 4)
+    # Each fork really allocated its own trace: the deeper one holds more live bytes and more heap.
+    assert four["live"] > two["live"] and four["growth"] > two["growth"] >= 0.9 * two["live"]
+
+
+@needs_glibc
+def test_workers_nobody_takes_are_stopped():
+    workers = heap_replay.Workers(2)
+    procs = list(workers._procs)
+    assert len(procs) == 2 and all(p.poll() is None for p in procs)
+    workers.close()
+    assert all(p.poll() is not None for p in procs)
+
+
+@needs_glibc
+def test_a_cached_traced_estimate_leaves_no_replay_process_behind(monkeypatch):
+    started: list = []
+    real_start = heap_replay._start
+
+    def spy():
+        proc = real_start()
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(heap_replay, "_start", spy)
+    settings = EstimateConfig(batch_size=2, seq_len=128)
+    first = estimate(GPT2, settings, method="traced")
+    again = estimate(GPT2, settings, method="traced")  # from the trace cache: its early workers go unused
+    assert again.peak_bytes == first.peak_bytes
+    assert any("reused this machine's cached result" in n for n in again.notes)
+    assert len(started) == 2 * heap_replay.REPEATS and all(p.poll() is not None for p in started)
