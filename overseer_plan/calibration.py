@@ -429,6 +429,24 @@ def cpu_rss_from_replay(heap_growth_bytes: float, cal: Calibration, *, half: boo
     return int(round(heap_growth_bytes + (cal.cpu.replay_constant_bytes or 0) + _offsets(cal, half, frozen)))
 
 
+def replay_at_full_depth(growth_bytes: float, replayed_sim_peak: float, replayed_churn: float, sim_peak: float,
+                         churn: float, cal: Calibration) -> float:
+    """The replay's heap growth at a model's full depth, from a replay at the depth it was traced at.
+
+    A deep model is traced at two reduced depths (trace.py). Its replayed heap is not drawn
+    through the two depths and extended along that line: the line multiplies the difference of two
+    draws by (layers - 4) / 2, and GPT-2 124M at 4 x 512 checkpointed came out 26% under to 34% over
+    its measured peak from one draw to the next (BENCHMARKS.md section 2, eighteenth pass). The
+    replay instead says by how much the real heap exceeds the tensor-level model at the deepest
+    traced depth, and that ratio carries to full depth, where the tensor-level model's heap
+    (`scale` x allocator-model peak + `churn_fraction` x churn) is extrapolated from exact
+    quantities. For a model traced whole both heaps are the same and the growth is unchanged.
+    """
+    replayed = cal.cpu.scale * replayed_sim_peak + cal.cpu.churn_fraction * replayed_churn
+    full = cal.cpu.scale * sim_peak + cal.cpu.churn_fraction * churn
+    return growth_bytes * full / replayed if replayed > 0 else growth_bytes
+
+
 def cpu_rss_from_trace(heap_growth_bytes: float, sim_peak_bytes: float, churn_bytes: float, cal: Calibration, *,
                        half: bool = False, frozen: bool = False) -> int:
     """Predicted ru_maxrss growth of a traced estimate: the mean of the two heap models.

@@ -277,6 +277,7 @@ def _read_trace_cache(key: str) -> dict[str, Any] | None:
             float(got["sim_peak"])
         if got.get("growth") is not None:
             float(got["growth"]), float(got["growth_min"]), int(got["repeats"])
+            float(got["replayed_sim_peak"]), float(got["replayed_churn"])
         if not isinstance(got["parts"], dict) or not isinstance(got["depths"], list):
             return None
         return got
@@ -330,12 +331,15 @@ def trace_inputs(config: Any, cfg: EstimateConfig, device: str, *, cuda_workspac
             return extrapolate_depths(depths, values, int(config.num_hidden_layers))
 
         live, phase, parts = peak_of_phases(depths, [r["phases"] for r in first], int(config.num_hidden_layers))
+        # The replay's heap at the deepest traced depth, with the tensor-level model's inputs there:
+        # `calibration.replay_at_full_depth` scales it to the model's depth (a straight line through
+        # two replayed depths multiplies their draws' noise, see there).
         return {
             "live": live, "phase": phase, "parts": parts,
             "sim_peak": extra([r["sim_peak"] for r in first]), "churn": extra([r["churn"] for r in first]) * churn_scale,
             # The largest heap of the repeats: it varies between processes, as the real run's does.
-            "growth": extra([max(x["growth"] for x in r) for r in runs]),
-            "growth_min": extra([min(x["growth"] for x in r) for r in runs]),
+            "growth": max(x["growth"] for x in runs[-1]), "growth_min": min(x["growth"] for x in runs[-1]),
+            "replayed_sim_peak": first[-1]["sim_peak"], "replayed_churn": first[-1]["churn"] * churn_scale,
             "repeats": len(runs[0]), "depths": depths, "wall_s": time.perf_counter() - t0,
         }
     tr = trace_peak(config, traced_cfg, device=device, depths=depths)
@@ -416,6 +420,7 @@ def _estimate(resolved: Any, cfg: EstimateConfig, device: Device, method: Method
         is_half_precision,
         load_calibration,
         long_run_heap_bytes,
+        replay_at_full_depth,
     )
     from overseer_plan.models import choose_attention
 
@@ -473,10 +478,15 @@ def _estimate(resolved: Any, cfg: EstimateConfig, device: Device, method: Method
         churn = float(got["churn"])
         growth = got.get("growth")
         if device == "cpu" and growth is not None and cal.cpu.replay_constant_bytes is not None:
-            heap_growth = float(growth)
-            notes.append(f"cpu: mean of the real-allocator replay (heap {float(got['growth_min']) / 2**20:.0f}-"
-                         f"{heap_growth / 2**20:.0f} MiB over {got['repeats']} processes, the largest used) "
-                         "and the tensor-level allocator model")
+            heap_growth = replay_at_full_depth(float(growth), float(got["replayed_sim_peak"]),
+                                               float(got["replayed_churn"]), sim_peak, churn, cal)
+            heap = (f"{float(got['growth_min']) / 2**20:.0f}-{float(growth) / 2**20:.0f} MiB over "
+                    f"{got['repeats']} processes, the largest used" if int(got["repeats"]) > 1
+                    else f"{float(growth) / 2**20:.0f} MiB")
+            if len(got["depths"]) > 1:
+                heap += (f" at {got['depths'][-1]} layers, {heap_growth / 2**20:.0f} MiB at {shape.num_layers} "
+                         "scaled by the tensor-level model's heap")
+            notes.append(f"cpu: mean of the real-allocator replay (heap {heap}) and the tensor-level allocator model")
         elif device == "cpu" and growth is not None:
             notes.append("cpu: the calibration in use has no real-allocator replay constant (re-run --calibrate); "
                          "tensor-level allocator model used")

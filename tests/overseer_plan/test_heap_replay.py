@@ -132,3 +132,34 @@ def test_a_cached_traced_estimate_leaves_no_replay_process_behind(monkeypatch):
     assert again.peak_bytes == first.peak_bytes
     assert any("reused this machine's cached result" in n for n in again.notes)
     assert len(started) == 2 * heap_replay.REPEATS and all(p.poll() is not None for p in started)
+
+
+def test_a_replay_at_full_depth_is_unchanged_and_a_reduced_one_scales_with_the_tensor_level_heap():
+    from overseer_plan.calibration import replay_at_full_depth
+
+    cpu = DEFAULTS.cpu
+    assert replay_at_full_depth(500.0, 300.0, 1000.0, 300.0, 1000.0, DEFAULTS) == 500.0
+    # The tensor-level heap at full depth is twice the one the replay ran at: so is the replayed heap.
+    at = cpu.scale * 300e6 + cpu.churn_fraction * 1000e6
+    full_sim = 2 * at - cpu.churn_fraction * 3000e6
+    assert replay_at_full_depth(500e6, 300e6, 1000e6, full_sim / cpu.scale, 3000e6, DEFAULTS) == pytest.approx(1000e6)
+
+
+@needs_glibc
+def test_a_deep_traced_estimate_scales_the_deepest_replay_rather_than_drawing_a_line_through_two():
+    from overseer_plan import estimate as estimate_module
+    from overseer_plan.calibration import cpu_rss_from_trace, replay_at_full_depth
+
+    deep = {**GPT2, "n_layer": 10}
+    settings = EstimateConfig(batch_size=4, seq_len=256)
+    est = estimate(deep, settings, method="traced")
+    assert any("at 4 layers," in n and "MiB at 10 scaled by the tensor-level model's heap" in n for n in est.notes)
+    key = estimate_module._trace_cache_key(estimate_module._resolve(deep).fingerprint, settings, "cpu")
+    got = estimate_module._read_trace_cache(key)
+    assert got is not None and got["depths"] == [2, 4]
+    # The cached growth is the 4-layer replay's, next to the tensor-level model's inputs at 4 layers.
+    assert got["replayed_sim_peak"] < got["sim_peak"] and got["replayed_churn"] < got["churn"]
+    heap = replay_at_full_depth(got["growth"], got["replayed_sim_peak"], got["replayed_churn"], got["sim_peak"],
+                                got["churn"], DEFAULTS)
+    assert heap > got["growth"]
+    assert est.peak_bytes == cpu_rss_from_trace(heap, got["sim_peak"], got["churn"], DEFAULTS)
