@@ -178,10 +178,11 @@ def _heap_models(tr: object) -> dict:
     half, frozen = is_half_precision(tr.config.precision), tr.config.lora is not None
     cal = load_calibration()[0]
     for note in tr.notes:
-        # "heap LOW-HIGH MiB over N processes" or, for a deep model, "heap N MiB at 4 layers, M MiB at 12 ..."
-        got = re.search(r"real-allocator replay \(heap (?:\d+-)?(\d+) MiB(?: at \d+ layers, (\d+) MiB)?", note)
+        # "heap LOW-HIGH MiB over N processes, ..."; a deep model's adds "...; scaled to M MiB at 12 ..."
+        got = re.search(r"real-allocator replay \(heap (?:\d+-)?(\d+) MiB", note)
         if got:
-            heap = int(got.group(2) or got.group(1))
+            scaled = re.search(r"scaled to (\d+) MiB", note)
+            heap = int(scaled.group(1) if scaled else got.group(1))
             replay = cpu_rss_from_replay(heap * 2**20, cal, half=half, frozen=frozen)
             replay += preload.adjustment(tr.config, cal.imports)[0]
             return {"replay_only": replay, "allocator_only": 2 * tr.peak_bytes - replay}

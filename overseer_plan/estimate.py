@@ -340,7 +340,7 @@ def trace_inputs(config: Any, cfg: EstimateConfig, device: str, *, cuda_workspac
             # The largest heap of the repeats: it varies between processes, as the real run's does.
             "growth": max(x["growth"] for x in runs[-1]), "growth_min": min(x["growth"] for x in runs[-1]),
             "replayed_sim_peak": first[-1]["sim_peak"], "replayed_churn": first[-1]["churn"] * churn_scale,
-            "repeats": len(runs[0]), "depths": depths, "wall_s": time.perf_counter() - t0,
+            "repeats": len(runs[-1]), "depths": depths, "wall_s": time.perf_counter() - t0,
         }
     tr = trace_peak(config, traced_cfg, device=device, depths=depths)
     got = {
@@ -399,11 +399,8 @@ def estimate(
     # imports run while this process resolves the model and builds its census (they are killed
     # unused on bad input or a cache hit).
     replayed = method == "traced" and device == "cpu"
-    with heap_replay.Workers(1 if replayed else 0) as workers:
-        resolved = _resolve(model)
-        if replayed:
-            workers.top_up(heap_replay.processes_for(resolved.config))
-        return _estimate(resolved, cfg, device, method, workers, t0)
+    with heap_replay.Workers(heap_replay.REPEATS if replayed else 0) as workers:
+        return _estimate(_resolve(model), cfg, device, method, workers, t0)
 
 
 def _estimate(resolved: Any, cfg: EstimateConfig, device: Device, method: Method, workers: Any,
@@ -484,8 +481,8 @@ def _estimate(resolved: Any, cfg: EstimateConfig, device: Device, method: Method
                     f"{got['repeats']} processes, the largest used" if int(got["repeats"]) > 1
                     else f"{float(growth) / 2**20:.0f} MiB")
             if len(got["depths"]) > 1:
-                heap += (f" at {got['depths'][-1]} layers, {heap_growth / 2**20:.0f} MiB at {shape.num_layers} "
-                         "scaled by the tensor-level model's heap")
+                heap += (f", at {got['depths'][-1]} layers; scaled to {heap_growth / 2**20:.0f} MiB at "
+                         f"{shape.num_layers} by the tensor-level model's heap")
             notes.append(f"cpu: mean of the real-allocator replay (heap {heap}) and the tensor-level allocator model")
         elif device == "cpu" and growth is not None:
             notes.append("cpu: the calibration in use has no real-allocator replay constant (re-run --calibrate); "

@@ -18,8 +18,9 @@ pymalloc arenas: `CpuFactors.replay_constant_bytes`) predicts ru_maxrss growth.
 
 The heap is chaotic: the same row replays 830-1050 MiB in different processes, as the real run
 itself varies. `replay` therefore runs two processes side by side and keeps the larger,
-since predicting too little is the error that crashes users. A deep model's two reduced depths
-are one draw: one process imports, then forks once per depth (`_forked`).
+since predicting too little is the error that crashes users. A deep model is replayed at its
+deeper reduced depth that way too; its shallower one runs as a fork of the first process, which
+imports once (`_forked`).
 
 Speed. Importing torch, transformers' modelling stack and torch._dynamo costs a replay process
 ~5 s of CPU on a 2-core machine, more than its trace. `Workers` starts the processes when a
@@ -57,8 +58,8 @@ _ALIGN = 64  # c10::alloc_cpu's posix_memalign alignment (c10/core/impl/alloc_cp
 # Processes per estimate. The heap's peak varies up to ~12% between processes for the same row
 # (bench/results/estimator_accuracy.md); the largest of several sits near the top of that spread.
 # Two, run side by side, keep a traced estimate near 5 s on a fast 2-core machine and under 10 s on a
-# slow one (three took 9-10 s on the fast one). Deep models are traced at two reduced depths: one
-# process, forked per depth.
+# slow one (three took 9-10 s on the fast one). A deep model's two reduced depths: the first
+# process forks one per depth, the others repeat the deeper one.
 REPEATS = 2
 _TIMEOUT_S = 600
 ENV_SWITCH = "OVERSEER_HEAP_REPLAY"
@@ -210,9 +211,8 @@ class Workers:
 
     Each imports torch, transformers and what a trace needs (`warm_up`, ~5 s of CPU on a 2-core
     machine) while the caller is still resolving the model and building its census, then waits
-    for its job on stdin. `estimate()` starts one as soon as it knows a traced CPU estimate is
-    wanted, a second once the model turns out shallow enough for two repeats (`processes_for`),
-    and kills whatever it did not use, e.g. on a cache hit.
+    for its job on stdin. `estimate()` starts `REPEATS` as soon as it knows a traced CPU estimate
+    is wanted, and kills whatever it did not use, e.g. on a cache hit.
     """
 
     def __init__(self, count: int = 0) -> None:
@@ -241,14 +241,6 @@ class Workers:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def processes_for(config: PretrainedConfig) -> int:
-    """Replay processes a traced CPU estimate of `config` uses: `REPEATS` for a model traced whole,
-    one for a deep one (its two reduced depths run as forks of that process)."""
-    from overseer_plan.trace import trace_depths
-
-    return REPEATS if len(trace_depths(config, "cpu")) == 1 else 1
 
 
 def _start() -> subprocess.Popen[str] | None:
@@ -285,20 +277,21 @@ def _finish(proc: subprocess.Popen[str], jobs: list[dict[str, Any]]) -> list[dic
 
 def replay(config: PretrainedConfig, cfg: EstimateConfig, depths: list[int], *,
            repeats: int | None = None, workers: Workers | None = None) -> list[list[dict[str, Any]]] | None:
-    """Run `run_job` for each depth, `repeats` fresh processes each (in parallel, one per core).
+    """Run `run_job` for the deepest depth in `repeats` fresh processes (default `REPEATS`, in
+    parallel, one per core), and for a shallower one once, as a fork of the first process.
 
-    `repeats` defaults to `REPEATS` for one depth and 1 per depth for two. With one repeat, the
-    depths run as forks of one process, which imports once. `workers`: processes already
-    started (`Workers`), used before any new one is started.
+    The deepest depth's heap is the one a deep model's estimate scales to full depth
+    (`calibration.replay_at_full_depth`), so it gets the same independent draws, the largest
+    kept, as a model traced whole and the calibration points; a shallower depth gives only the
+    tensor-level model's inputs, which do not vary. `workers`: processes already started
+    (`Workers`), used before any new one is started.
 
     Returns, per depth, the runs' results; None when the replay is unavailable or any process
     failed (the caller then uses the tensor-level allocator model).
     """
     if not available():
         return None
-    if repeats is None:
-        repeats = REPEATS if len(depths) == 1 else 1
-    batches = [[d] for d in depths for _ in range(repeats)] if repeats > 1 else [list(depths)]
+    batches = [list(depths)] + [[depths[-1]] for _ in range((REPEATS if repeats is None else repeats) - 1)]
 
     def one(batch: list[int]) -> list[dict[str, Any]] | None:
         proc = (workers.take() if workers is not None else None) or _start()
@@ -328,8 +321,8 @@ def _forked(jobs: list[dict[str, Any]], warmed: int) -> list[dict[str, Any] | No
 
     A fork starts from the heap this process's imports left, as a fresh process would after the
     same imports, without paying for them again (~5 s of CPU each on 2 cores). Forks share the
-    parent's address layout and hash seed, so they are the same draw of the heap's chaos: right
-    for a deep model's two depths (one draw, extrapolated), not for repeats of one.
+    parent's address layout and hash seed, so they are not independent draws of the heap's chaos:
+    right for a deep model's two depths, not for repeats of one (`replay` repeats in processes).
     """
     children = []
     for job in jobs:
