@@ -216,15 +216,12 @@ class Workers:
     """
 
     def __init__(self, count: int = 0) -> None:
+        """Start `count` processes (none where the replay is unavailable)."""
         self._procs: list[subprocess.Popen[str]] = []
-        self.top_up(count)
-
-    def top_up(self, count: int) -> None:
-        """Start processes until `count` are waiting (none where the replay is unavailable)."""
         while len(self._procs) < count and available():
             proc = _start()
             if proc is None:
-                return
+                break
             self._procs.append(proc)
 
     def take(self) -> subprocess.Popen[str] | None:
