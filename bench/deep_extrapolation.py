@@ -9,7 +9,8 @@ the replay half's error against the row's measured peak two ways:
   to full depth (what traced estimates did until 2026-12-07);
 - scaled: the larger of the 4-layer replays (`heap_replay.REPEATS` processes) times the tensor-level
   model's heap at full depth over the same at 4 layers (`calibration.replay_at_full_depth`, shipped).
-The measured peaks are the means of 2 protocol runs from `python bench/estimator_heldout.py --rows
+The rows are estimator_heldout.py's DEEP_ROWS and MODERN_DEEP_ROWS but the accumulation one; the
+measured peaks are the means of 2 protocol runs from `python bench/estimator_heldout.py --rows
 deep` and `--rows modern-deep` on 2026-12-07 (dev box, torch 2.13.0+cpu, transformers 5.23.0);
 re-measure them there after a change to torch, transformers or the machine.
 """
@@ -32,7 +33,7 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    from estimator_heldout import SMOL
+    from estimator_heldout import DEEP_ROWS, MODERN_DEEP_ROWS
 
     from overseer_plan import heap_replay
     from overseer_plan.calibration import (
@@ -45,15 +46,10 @@ def main() -> None:
     from overseer_plan.models import resolve_model_config
     from overseer_plan.trace import extrapolate_depths
 
-    rows = [
-        ("gpt2", dict(batch_size=2, seq_len=256), 3140),
-        ("gpt2", dict(batch_size=4, seq_len=512, gradient_checkpointing=True), 4430),
-        ("gpt2", dict(batch_size=2, seq_len=512, precision="bf16"), 4195),
-        ("pythia-160m", dict(batch_size=2, seq_len=256), 3280),
-        (SMOL, dict(batch_size=4, seq_len=256), 4037),
-        (SMOL, dict(batch_size=2, seq_len=512, gradient_checkpointing=True), 2901),
-        ("qwen2-0.5b", dict(batch_size=1, seq_len=256), 9293),
-    ]
+    # Measured peaks of DEEP_ROWS + MODERN_DEEP_ROWS, in order (None: not in this table).
+    measured_mib = [3140, 4430, 4195, 3280, 4037, 2901, None, 9293]
+    rows = [(m, s, real) for (m, s), real in zip(DEEP_ROWS + MODERN_DEEP_ROWS, measured_mib, strict=True)
+            if real is not None]
     print("| row | measured MiB | replay half, line (per draw) | replay half, scaled (per draw) |")
     print("|---|---|---|---|")
     for model, settings, measured in rows:

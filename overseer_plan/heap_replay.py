@@ -306,13 +306,6 @@ def _job(config: PretrainedConfig, cfg: EstimateConfig, depth: int) -> dict[str,
     return {"config": config.to_dict(), "settings": cfg.model_dump(mode="json"), "depth": depth}
 
 
-def run_job_in_subprocess(config: PretrainedConfig, cfg: EstimateConfig, *, depth: int) -> dict[str, Any] | None:
-    """`run_job` in a fresh process: its result, or None when the process failed or the replay gave up."""
-    proc = _start()
-    got = None if proc is None else _finish(proc, [_job(config, cfg, depth)])
-    return got[0] if got else None
-
-
 def _forked(jobs: list[dict[str, Any]], warmed: int) -> list[dict[str, Any] | None]:
     """Each job in its own fork of this process, side by side.
 
