@@ -12,13 +12,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from estimator_accuracy import FAMILIES  # noqa: E402
-
-mark = ctypes.CDLL(None).mlog_mark
-mark.argtypes = [ctypes.c_uint64]
-
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from estimator_accuracy import FAMILIES  # noqa: E402
 
 
 def rss() -> int:
@@ -51,6 +47,8 @@ def protocol(fam: str, b: int, s: int, ckpt: bool, precision: str, during_steps:
 
 
 def main(fam: str, b: int, s: int, ckpt: bool, precision: str, attention: str | None = None) -> None:
+    mark = ctypes.CDLL(None).mlog_mark  # looked up here so that protocol() imports without the shim
+    mark.argtypes = [ctypes.c_uint64]
     base = rss()
     mark(1)
     protocol(fam, b, s, ckpt, precision, attention=attention)

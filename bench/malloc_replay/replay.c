@@ -1,7 +1,10 @@
 /* Replay a malloc log written by mlog.c through this process's glibc and print the peak growth of
  * (arena + mmapped bytes) after the start mark, i.e. what the heap would hold for that call sequence.
  * Records of op 5 are tensors logged by the tracer (trace_drive.py): size > 0 allocates, < 0 frees.
- * Usage: replay LOG */
+ * Usage: replay LOG [SEED]
+ * With SEED > 0 the replay is one draw of the heap's chaos: about once per 200000 records of the
+ * measured region it leaks a 4-64 KiB block, which moves later blocks the way a different address
+ * layout does (one 4 KiB buffer can move a row's peak by 90 MiB; identical replays repeat exactly). */
 #include <malloc.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -18,8 +21,11 @@ static void *take(uint64_t k) {
     if (hk[i] == k) { hk[i] = 1; return hv[i]; }
   return 0;
 }
+static void *volatile sink; /* keeps the perturbing blocks (an unused malloc is optimised away) */
 int main(int argc, char **argv) {
-  if (argc < 2) { fprintf(stderr, "usage: replay LOG\n"); return 2; }
+  if (argc < 2) { fprintf(stderr, "usage: replay LOG [SEED]\n"); return 2; }
+  int seed = argc > 2 ? atoi(argv[2]) : 0;
+  srand(seed);
   FILE *f = fopen(argv[1], "rb");
   if (!f) { perror(argv[1]); return 2; }
   fseek(f, 0, SEEK_END); long n = ftell(f) / (long)sizeof(rec_t); fseek(f, 0, SEEK_SET);
@@ -29,6 +35,7 @@ int main(int argc, char **argv) {
   int started = 0; size_t base = 0, peak = 0;
   for (long i = 0; i < n; i++) {
     rec_t *e = &r[i];
+    if (seed && started && rand() % 200000 == 0) sink = malloc(4096 + rand() % 60000);
     if (e->op == 9) { /* marks; 1 = start of the measured region */
       if (e->aux == 1) { struct mallinfo2 m = mallinfo2(); base = peak = m.arena + m.hblkhd; started = 1; }
       continue;

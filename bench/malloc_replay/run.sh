@@ -23,3 +23,5 @@ done
 # shellcheck disable=SC2086
 MLOG_FILE="$work/trace.bin" LD_PRELOAD="$work/mlog.so" "$py" "$here/trace_drive.py" ${args[*]} 2>/dev/null
 echo "traced run:     $("$work/replay" "$work/trace.bin"); $("$py" "$here/inuse_peak.py" "$work/trace.bin")"
+# Both logs again, without the short-lived blocks the tracer makes ten times as many of (transients.py).
+"$py" "$here/transients.py" "$work/log.bin" "$work/trace.bin"

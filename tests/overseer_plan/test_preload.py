@@ -75,7 +75,7 @@ def test_a_file_from_before_the_profile_drops_the_lora_offset_fitted_without_it(
     _write(tmp_path, None, frozen_base_bytes=-105_493_490)
     cal, _ = load_calibration()
     assert cal.imports == DEFAULTS.imports
-    assert cal.cpu.frozen_base_bytes == DEFAULTS.cpu.frozen_base_bytes > -10 * MiB
+    assert cal.cpu.frozen_base_bytes == DEFAULTS.cpu.frozen_base_bytes > -50 * MiB
 
 
 def test_a_file_with_the_profile_keeps_its_own_offset(tmp_path):
