@@ -1,8 +1,8 @@
 """Fit the CPU calibration's offset for LoRA on a frozen base, on the calibration models only.
 
-    python bench/fit_lora_offset.py [--repeats 2]     # needs peft; ~4 min on 2 cores
+    python bench/fit_lora_offset.py [--repeats 2] [--precision fp32|bf16|all]   # needs peft; ~3 min per precision
 
-For each fp32 calibration point (overseer_plan/calibration.py `_CALIBRATION_RUNS`) the protocol
+For each fp32 calibration point (or bf16-autocast point, with `--precision`) (overseer_plan/calibration.py `_CALIBRATION_RUNS`) the protocol
 (overseer_plan/_measure.py) trains peft LoRA adapters (rank 8 on the family's default targets:
 q_proj/v_proj, c_attn) and the traced estimate predicts it with the shipped calibration, the peft
 import's share of the modelling stack taken off (overseer_plan/preload.py), and no LoRA offset. The offset is the mean of measured - predicted; it goes into
@@ -25,6 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--precision", choices=("fp32", "bf16", "all"), default="fp32",
+                    help="which calibration points: the shipped offset is fitted on fp32; bf16 checks whether "
+                         "it carries over on top of the half-precision offset")
     args = ap.parse_args()
     os.environ["OVERSEER_CACHE_DIR"] = tempfile.mkdtemp(prefix="overseer-lora-fit-")  # shipped defaults only
     from overseer_plan._measure import measure
@@ -38,7 +41,7 @@ def main() -> None:
     resid: list[float] = []
     halves: dict[str, list[float]] = {"replay_only": [], "allocator_only": []}
     for model, b, s, ckpt, precision in _CALIBRATION_RUNS:
-        if precision != "fp32":
+        if args.precision != "all" and precision != args.precision:
             continue
         targets = ["c_attn"] if model["model_type"] == "gpt2" else ["q_proj", "v_proj"]
         cfg = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt,
