@@ -8,13 +8,19 @@ which a tensor-level log cannot reproduce (bench/malloc_replay: replaying a real
 blocks alone gives 506 MiB where the run peaked at 1138 MiB; its whole malloc log, 1017-1049).
 
 How. The traced dry run (trace.py) builds the same autograd graph on fake tensors, so its own
-small allocations are the right kind and come in nearly the right order. Here, in a fresh
+long-lived small allocations are the right kind and come in nearly the right order. Its
+short-lived ones are not: FakeTensorMode boxes every op through Python, which mallocs about ten
+times a real step's short-lived tiny blocks. They keep glibc's tcache stocked, so the trace's
+long-lived blocks pin fewer tensor holes, and the replayed heap comes out 7-14% under a real
+step's (bench/malloc_replay/transients.py; BENCHMARKS.md §2, nineteenth pass). The calibrated
+constant below absorbs the average of that, not its row-to-row variation. Here, in a fresh
 process that has imported torch and transformers like the training process, every traced
 storage is `posix_memalign`ed (64-byte aligned, as c10's CPU allocator does) when the trace
 creates it and freed when the trace releases it, and the heap's size (`mallinfo2`: arena +
 mmapped bytes) is read after each allocation. The pages are never touched, so the replay costs
-address space, not RAM. Its peak growth plus a calibrated constant (code pages, thread stacks,
-pymalloc arenas: `CpuFactors.replay_constant_bytes`) predicts ru_maxrss growth.
+address space, not RAM. Its peak growth plus a calibrated constant (`CpuFactors.replay_constant_bytes`)
+predicts ru_maxrss growth. Of that constant's 117 MiB, 81-91 are measured outside the heap: code pages,
+thread stacks and pymalloc arenas (bench/malloc_replay/nonheap.py). The rest is the deficit above.
 
 The heap is chaotic: the same row replays 830-1050 MiB in different processes, as the real run
 itself varies. `replay` therefore runs two processes side by side and keeps the larger,
