@@ -16,7 +16,6 @@ Linux with glibc >= 2.33.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import resource
 import subprocess
@@ -31,26 +30,17 @@ ROWS = [["gpt2-4x256", "8", "512", "on", "fp32"], ["gpt2-4x256", "8", "256", "on
 MiB = 2**20
 
 
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
-
-
 def _one(row: list[str]) -> dict:
     sys.path[:0] = [str(ROOT / "bench" / "malloc_replay"), str(ROOT / "bench"), str(ROOT)]
     import transformers
-    from drive import protocol
+    from drive import protocol, rss
 
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _Mallinfo2
+    from overseer_plan import heap_replay
 
-    def rss() -> int:
-        return int(open("/proc/self/statm").read().split()[1]) * 4096
+    libc = heap_replay._libc()
 
     def heap() -> int:
-        m = libc.mallinfo2()
-        return m.arena + m.hblkhd
+        return heap_replay._heap_now(libc)  # arena + mmapped bytes, as the replay reads the heap
 
     transformers.logging.set_verbosity_error()
     fam, b, s, ckpt, precision = row[0], int(row[1]), int(row[2]), row[3] == "on", row[4]

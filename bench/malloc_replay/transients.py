@@ -21,9 +21,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from filter import REC  # the record layout mlog.c writes
 
 HERE = Path(__file__).resolve().parent
-REC = np.dtype([("op", "u1"), ("tid", "u1"), ("pad", "u2"), ("pad2", "u4"), ("ptr", "u8"), ("size", "u8"), ("aux", "u8")])
 
 
 def without_transients(r: np.ndarray, tensor_op: int, lo: int, hi: int) -> np.ndarray:
