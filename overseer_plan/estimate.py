@@ -517,8 +517,10 @@ def _estimate(resolved: Any, cfg: EstimateConfig, device: Device, method: Method
             peak = cpu_rss_from_sim(sim_peak, cal, churn, half=half, frozen=frozen)
         if half and cal.cpu.half_precision_bytes:
             notes.append(f"cpu: {cal.cpu.half_precision_bytes / 2**20:+.0f} MiB calibrated offset for 16-bit matmuls")
-        if frozen and cal.cpu.frozen_base_bytes:
-            notes.append(f"cpu: {cal.cpu.frozen_base_bytes / 2**20:+.0f} MiB calibrated offset for a frozen base (LoRA)")
+        frozen_bytes = cal.cpu.frozen_base_bytes + (cal.cpu.frozen_half_bytes if half else 0)
+        if frozen and frozen_bytes:
+            notes.append(f"cpu: {frozen_bytes / 2**20:+.0f} MiB calibrated offset for a frozen base (LoRA"
+                         + (", 16-bit matmuls)" if half else ")"))
         grown, baseline, mods = preload.adjustment(cfg, cal.imports)
         peak += grown
         host = peak + cal.import_rss_bytes + baseline

@@ -45,8 +45,11 @@ def test_file_is_used_when_present(tmp_path):
     "field,offset,plain,shifted,note",
     [("half_precision_bytes", -20 * MiB, EstimateConfig(), EstimateConfig(precision="bf16"), "16-bit matmuls"),
      ("frozen_base_bytes", -30 * MiB, EstimateConfig(), EstimateConfig(lora=LoraSettings(rank=4)),
-      "frozen base (LoRA)")],
-    ids=["half-precision-for-16-bit-runs-only", "frozen-base-for-lora-runs-only"],
+      "frozen base (LoRA)"),
+     ("frozen_half_bytes", 25 * MiB, EstimateConfig(lora=LoraSettings(rank=4)),
+      EstimateConfig(lora=LoraSettings(rank=4), precision="bf16"), "frozen base (LoRA, 16-bit matmuls)")],
+    ids=["half-precision-for-16-bit-runs-only", "frozen-base-for-lora-runs-only",
+         "frozen-half-for-16-bit-lora-runs-only"],
 )
 def test_estimate_applies_an_offset_to_its_runs_only(tmp_path, field, offset, plain, shifted, note):
     _write(tmp_path, **{field: 0})
