@@ -112,8 +112,8 @@ def main() -> None:
     ap.add_argument("--rows-out", default=None,
                     help="also write every row (measured runs, both methods, the traced estimate's two halves) as "
                          "JSON here (default when writing: bench/results/estimator_rows.json)")
-    ap.add_argument("--repeats", type=int, default=9,
-                    help="protocol runs per row in fresh processes; 'measured' is their median (default 9)")
+    ap.add_argument("--repeats", type=int, default=15,
+                    help="protocol runs per row in fresh processes; 'measured' is their median (default 15)")
     ap.add_argument("--reuse-measurements", action="store_true",
                     help=f"reuse runs stored in {MEASUREMENTS.relative_to(ROOT)} for the same row and torch/transformers "
                          "versions (measuring only what is missing); predictions are always recomputed")
@@ -201,7 +201,7 @@ def _report(rows: list[dict], timing: dict, args: argparse.Namespace, wall: floa
 
     mib = 2**20
     cmd = "python bench/estimator_accuracy.py" + (" --quick" if args.quick else "")
-    cmd += f" --repeats {args.repeats}" if args.repeats != 9 else ""
+    cmd += f" --repeats {args.repeats}" if args.repeats != 15 else ""
     cmd += " --reuse-measurements" if args.reuse_measurements else ""
     cmd += "".join(f" --family {f}" for f in args.family or [])
     cmd += f" --also-ckpt-batch {args.also_ckpt_batch}" if args.also_ckpt_batch else ""

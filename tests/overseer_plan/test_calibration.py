@@ -72,6 +72,19 @@ def test_a_file_written_before_the_frozen_base_offset_gets_the_shipped_one(tmp_p
     assert cal.cpu.frozen_base_bytes == DEFAULTS.cpu.frozen_base_bytes < 0
 
 
+def test_a_file_written_before_the_frozen_half_offset_gets_the_shipped_one(tmp_path):
+    import torch
+
+    data = DEFAULTS.model_dump(mode="json")
+    data["torch_version"] = torch.__version__
+    data["cpu"]["frozen_base_bytes"] = -7 * MiB
+    del data["cpu"]["frozen_half_bytes"]
+    (tmp_path / "calibration.json").write_text(json.dumps(data))
+    cal, _ = load_calibration()
+    assert cal.cpu.frozen_base_bytes == -7 * MiB  # the file's own fit is kept
+    assert cal.cpu.frozen_half_bytes == DEFAULTS.cpu.frozen_half_bytes > 0
+
+
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"cpu": {"scale": "x"}}), "[]"])
 def test_malformed_file_is_ignored_with_a_warning(tmp_path, content):
     (tmp_path / "calibration.json").write_text(content)
