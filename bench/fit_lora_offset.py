@@ -55,7 +55,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["OVERSEER_CACHE_DIR"] = tempfile.mkdtemp(prefix="overseer-lora-fit-")  # shipped defaults only
     from overseer_plan._measure import measure
-    from overseer_plan.calibration import _CALIBRATION_RUNS, DEFAULTS
+    from overseer_plan.calibration import _CALIBRATION_RUNS, DEFAULTS, frozen_base_offset, is_half_precision
     from overseer_plan.estimate import EstimateConfig, estimate
     from overseer_plan.trace import quiet_transformers
 
@@ -64,7 +64,6 @@ def main() -> None:
 
     store = json.loads(STORE.read_text()) if STORE.exists() else {}
     versions = _versions()
-    shipped = DEFAULTS.cpu.frozen_base_bytes
     resid: dict[str, list[float]] = {"fp32": [], "bf16": []}
     halves: dict[str, dict[str, list[float]]] = {p: {"replay_only": [], "allocator_only": []} for p in resid}
     for model, b, s, ckpt, precision in _CALIBRATION_RUNS:
@@ -89,8 +88,8 @@ def main() -> None:
         real = statistics.mean(runs)
         with quiet_transformers():
             tr = estimate(dict(model), cfg, method="traced")
-        # The shipped offsets come off: the LoRA one, and at bf16 the frozen-half one on top.
-        off = shipped + (DEFAULTS.cpu.frozen_half_bytes if precision != "fp32" else 0)
+        # The shipped LoRA offsets come off (at bf16 the frozen-half one too).
+        off = frozen_base_offset(DEFAULTS, is_half_precision(precision))
         pred = tr.peak_bytes - off
         resid[precision].append(real - pred)
         split = {k: real - (v - off) for k, v in _heap_models(tr).items()}

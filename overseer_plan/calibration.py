@@ -424,9 +424,13 @@ def is_half_precision(precision: str) -> bool:
     return precision in ("bf16", "fp16", "bf16-pure")
 
 
+def frozen_base_offset(cal: Calibration, half: bool) -> int:
+    """The calibrated offset for a frozen base (LoRA): its fp32 one, plus the 16-bit one when `half`."""
+    return cal.cpu.frozen_base_bytes + (cal.cpu.frozen_half_bytes if half else 0)
+
+
 def _offsets(cal: Calibration, half: bool, frozen: bool) -> int:
-    frozen_bytes = cal.cpu.frozen_base_bytes + (cal.cpu.frozen_half_bytes if half else 0) if frozen else 0
-    return (cal.cpu.half_precision_bytes if half else 0) + frozen_bytes
+    return (cal.cpu.half_precision_bytes if half else 0) + (frozen_base_offset(cal, half) if frozen else 0)
 
 
 def cpu_rss_from_sim(sim_peak_bytes: float, cal: Calibration, churn_bytes: float = 0.0, *, half: bool = False,

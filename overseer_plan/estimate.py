@@ -414,6 +414,7 @@ def _estimate(resolved: Any, cfg: EstimateConfig, device: Device, method: Method
         cpu_rss_from_trace,
         cuda_allocated_from_live,
         cuda_reserved_from_allocated,
+        frozen_base_offset,
         is_half_precision,
         load_calibration,
         long_run_heap_bytes,
@@ -517,7 +518,7 @@ def _estimate(resolved: Any, cfg: EstimateConfig, device: Device, method: Method
             peak = cpu_rss_from_sim(sim_peak, cal, churn, half=half, frozen=frozen)
         if half and cal.cpu.half_precision_bytes:
             notes.append(f"cpu: {cal.cpu.half_precision_bytes / 2**20:+.0f} MiB calibrated offset for 16-bit matmuls")
-        frozen_bytes = cal.cpu.frozen_base_bytes + (cal.cpu.frozen_half_bytes if half else 0)
+        frozen_bytes = frozen_base_offset(cal, half)
         if frozen and frozen_bytes:
             notes.append(f"cpu: {frozen_bytes / 2**20:+.0f} MiB calibrated offset for a frozen base (LoRA"
                          + (", 16-bit matmuls)" if half else ")"))
