@@ -92,6 +92,8 @@ LORA_ROWS = [
     (QWEN, dict(batch_size=4, seq_len=384, lora=dict(rank=8, targets=_QKVO, dropout=0.1))),
     (GPT2_5, dict(batch_size=6, seq_len=256, lora=dict(rank=8, targets=["c_attn"]))),
     (QWEN, dict(batch_size=4, seq_len=384, precision="bf16-pure", lora=dict(rank=8, targets=["q_proj", "v_proj"]))),
+    # fp16 autocast: the frozen-half offset was fitted on bf16 points only.
+    (GPT2_5, dict(batch_size=6, seq_len=256, precision="fp16", lora=dict(rank=8, targets=["c_attn"]))),
 ]
 
 # LoRA on real catalogue models (deep: traced at two reduced depths and extrapolated).
