@@ -112,8 +112,8 @@ def main() -> None:
     ap.add_argument("--rows-out", default=None,
                     help="also write every row (measured runs, both methods, the traced estimate's two halves) as "
                          "JSON here (default when writing: bench/results/estimator_rows.json)")
-    ap.add_argument("--repeats", type=int, default=15,
-                    help="protocol runs per row in fresh processes; 'measured' is their median (default 15)")
+    ap.add_argument("--repeats", type=int, default=21,
+                    help="protocol runs per row in fresh processes; 'measured' is their median (default 21)")
     ap.add_argument("--reuse-measurements", action="store_true",
                     help=f"reuse runs stored in {MEASUREMENTS.relative_to(ROOT)} for the same row and torch/transformers "
                          "versions (measuring only what is missing); predictions are always recomputed")
