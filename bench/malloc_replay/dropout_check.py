@@ -36,13 +36,12 @@ def main() -> None:
     from estimator_accuracy import FAMILIES
 
     from overseer_plan._measure import measure
-    from overseer_plan.calibration import DEFAULTS, heap_churn, simulate_glibc
+    from overseer_plan.calibration import DEFAULTS, cpu_rss_from_sim, heap_churn, simulate_glibc
     from overseer_plan.estimate import EstimateConfig
     from overseer_plan.trace import trace_peak
 
     transformers.logging.set_verbosity_error()
     b, s = (int(x) for x in args.shape.split("x"))
-    cpu = DEFAULTS.cpu
     for drop in (0.1, 0.0):
         spec = {**FAMILIES["gpt2-4x256"], "attn_pdrop": drop, "resid_pdrop": drop, "embd_pdrop": drop}
         job = {"config": spec, "batch_size": b, "seq_len": s, "gradient_checkpointing": args.ckpt,
@@ -52,12 +51,13 @@ def main() -> None:
         config = transformers.CONFIG_MAPPING[spec["model_type"]](**kwargs)
         cfg = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=args.ckpt, precision=args.precision)
         run = trace_peak(config, cfg, device="cpu", depths=[config.n_layer]).runs[0]
-        sim, churn = simulate_glibc(run.events) / MiB, heap_churn(run.events) / MiB
-        model = sim + cpu.churn_fraction * churn + cpu.constant_bytes / MiB
+        sim_bytes, churn_bytes = simulate_glibc(run.events), heap_churn(run.events)
+        model = cpu_rss_from_sim(sim_bytes, DEFAULTS, churn_bytes, half=args.precision == "bf16") / MiB
+        sim, churn = sim_bytes / MiB, churn_bytes / MiB
         m = statistics.median(runs)
         print(f"{b}x{s} ckpt {args.ckpt} {args.precision} dropout {drop}: measured {m:.0f} MiB "
               f"({min(runs):.0f}-{max(runs):.0f}, {len(runs)} runs), live {run.live_peak_bytes / MiB:.0f}, "
-              f"allocator model {sim:.0f} + churn {churn:.0f} -> {model:.0f} (fp32 offsets), measured - peak {m - sim:.0f}",
+              f"allocator model {sim:.0f} + churn {churn:.0f} -> {model:.0f}, measured - peak {m - sim:.0f}",
               flush=True)
 
 

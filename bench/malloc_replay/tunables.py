@@ -44,12 +44,13 @@ def _job(row: tuple) -> dict:
     from estimator_accuracy import FAMILIES
 
     from overseer_plan.estimate import EstimateConfig
+    from overseer_plan.heap_replay import _job as replay_job
 
     fam, b, s, ckpt, prec, ga = row
     spec = dict(FAMILIES[fam])
     config = transformers.CONFIG_MAPPING[spec.pop("model_type")](**spec)
     cfg = EstimateConfig(batch_size=b, seq_len=s, gradient_checkpointing=ckpt, precision=prec, grad_accum=ga)
-    return {"config": config.to_dict(), "settings": cfg.model_dump(mode="json"), "depth": config.num_hidden_layers}
+    return replay_job(config, cfg, config.num_hidden_layers)
 
 
 def _draw(job: dict, tunables: str) -> float:
