@@ -1,6 +1,6 @@
 """Is dropout why the GPT-2-style rows fragment more per churned byte than Llama- or NeoX-style ones?
 
-    python bench/malloc_replay/dropout_check.py [--runs 5] [--shape 8x512] [--ckpt] [--precision fp32]
+    python bench/malloc_replay/dropout_check.py [--runs 5] [--shape 8x512] [--no-ckpt] [--precision fp32]
 
 The matrix's GPT-2-style model trains with dropout 0.1 (transformers' GPT-2 default); the Llama- and
 NeoX-style ones without. Dropout adds a mask per dropped tensor, and with dropout SDPA on CPU takes
@@ -27,8 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--shape", default="8x512", help="BATCHxSEQ")
-    ap.add_argument("--ckpt", action="store_true", default=True)
-    ap.add_argument("--no-ckpt", dest="ckpt", action="store_false")
+    ap.add_argument("--no-ckpt", dest="ckpt", action="store_false", help="without gradient checkpointing")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = ap.parse_args()
     os.environ["OVERSEER_HEAP_REPLAY"] = "0"
