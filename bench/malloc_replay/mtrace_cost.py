@@ -32,21 +32,6 @@ MiB = 2**20
 DEBUG_LIB = "libc_malloc_debug.so.0"
 
 
-def _job(family: str, batch: int, seq: int, ckpt: bool, precision: str) -> dict:
-    import transformers
-    from estimator_accuracy import FAMILIES
-
-    from overseer_plan.estimate import EstimateConfig
-    from overseer_plan.heap_replay import _job as replay_job
-    from overseer_plan.trace import quiet_transformers
-
-    spec = dict(FAMILIES[family])
-    with quiet_transformers():
-        config = transformers.CONFIG_MAPPING[spec.pop("model_type")](**spec)
-    cfg = EstimateConfig(batch_size=batch, seq_len=seq, gradient_checkpointing=ckpt, precision=precision)
-    return replay_job(config, cfg, config.num_hidden_layers)
-
-
 def _mtrace_calls() -> tuple[object, object]:
     """mtrace and muntrace from the preloaded debug library, by version (see the module docstring)."""
     libc = ctypes.CDLL("libc.so.6")
@@ -96,7 +81,9 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=2, help="fresh processes per condition")
     args = ap.parse_args()
     family, batch, seq, ckpt, precision = args.row
-    job = _job(family, int(batch), int(seq), ckpt == "on", precision)
+    from tunables import _job  # the replay job of one matrix row, as estimate() builds it
+
+    job = _job((family, int(batch), int(seq), ckpt == "on", precision, 1))
     print(f"{family} {batch} x {seq} checkpointing {ckpt} {precision}: replay job per fresh process")
     print("condition   job wall s   heap growth MiB   mtrace log")
     with tempfile.TemporaryDirectory(prefix="overseer-mtrace-") as tmp:
