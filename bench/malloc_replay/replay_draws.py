@@ -26,7 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 MiB = 2**20
 
 
-def _forked_draws(job: dict, warmed: int, draws: int) -> list[float]:
+def _glibc_perturbation(rng: random.Random, libc: ctypes.CDLL) -> list:
+    """A few hundred small glibc blocks, kept by the caller."""
+    return [libc.malloc(rng.randrange(16, 1024)) for _ in range(rng.randrange(1, 400))]
+
+
+def _forked_draws(job: dict, warmed: int, draws: int, perturb=_glibc_perturbation, salt: int = 0) -> list[float]:
+    """`draws` heap growths (MiB) of `job`, each in a fork of this process that first runs
+    `perturb(rng, libc)` (seeded `salt * 1000 + draw`), two at a time."""
     from overseer_plan import heap_replay
 
     libc = ctypes.CDLL("libc.so.6")
@@ -39,8 +46,7 @@ def _forked_draws(job: dict, warmed: int, draws: int) -> list[float]:
             pid = os.fork()
             if pid == 0:
                 os.close(read_fd)
-                rng = random.Random(seed)
-                kept = [libc.malloc(rng.randrange(16, 1024)) for _ in range(rng.randrange(1, 400))]
+                kept = perturb(random.Random(salt * 1000 + seed), libc)
                 result = heap_replay.run_job(job, warmed_heap_bytes=warmed)
                 with os.fdopen(write_fd, "wb") as pipe:
                     pipe.write(json.dumps(result["growth"]).encode())
