@@ -74,6 +74,46 @@ def expected_max(draws: list[int], n: int) -> float:
     return sum(x * comb(i, n - 1) for i, x in enumerate(xs)) / comb(d, n)
 
 
+class Inputs:
+    """The stored draws with what both analyses need: calibration points and their measurements, the
+    matrix rows with their stored medians, and the allocator model refitted on the calibration points
+    (its fit does not depend on the replay statistic)."""
+
+    def __init__(self, forks: str) -> None:
+        from overseer_plan import calibration as cal
+
+        self.recs = load(forks)
+        self.cal_recs = [r for r in self.recs if r["set"] == "calibration"]
+        self.measured_cal = [m * MiB for m in json.loads(
+            (ROOT / "bench/results/calibration_measurements.json").read_text())["measured_mib"]]
+        if len(self.cal_recs) != len(self.measured_cal):
+            sys.exit("replay_draws.jsonl lacks calibration points; run draw_spread.py --only calibration")
+        stored = {(r["family"], r["batch"], r["seq"], r["ckpt"], r["precision"], r["ga"]): r["measured"]
+                  for r in json.loads((ROOT / "bench/results/estimator_rows.json").read_text())}
+        # (record, family, measured median, half precision, churn as trace_inputs scales it)
+        self.rows = [(r, r["set"].split(":", 1)[1], stored[(r["set"].split(":", 1)[1], r["batch"], r["seq"], r["ckpt"],
+                                                           r["precision"], r["ga"])],
+                      cal.is_half_precision(r["precision"]), r["churn"] * cal.churn_microbatches(r["ga"]) / min(r["ga"], 2))
+                     for r in self.recs if r["set"].startswith("matrix:")]
+        self.frac, self.constant, self.churn_offset = cal.fit_churn_factors(
+            [(r["sim_peak"], r["churn"], y, cal.is_half_precision(r["precision"]))
+             for r, y in zip(self.cal_recs, self.measured_cal, strict=True)])
+
+    def calibration(self, replay_stat: list[float]) -> tuple[object, int]:
+        """The shipped calibration with every CPU factor refitted, the replay constant on `replay_stat`
+        (one value per calibration point); and that constant."""
+        from overseer_plan import calibration as cal
+
+        fit = cal.fit_replay_constant([(x, y, cal.is_half_precision(r["precision"]))
+                                       for x, r, y in zip(replay_stat, self.cal_recs, self.measured_cal, strict=True)])
+        assert fit is not None
+        rconst, roffset = fit
+        cpu = cal.DEFAULTS.cpu.model_copy(update={
+            "churn_fraction": self.frac, "constant_bytes": self.constant, "replay_constant_bytes": rconst,
+            "half_precision_bytes": cal.half_precision_offset(self.churn_offset, roffset)})
+        return cal.DEFAULTS.model_copy(update={"cpu": cpu}), rconst
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pool", choices=["fresh", "forks", "both"], default="both")
@@ -81,55 +121,31 @@ def main() -> None:
     ap.add_argument("--simulate", metavar="DESIGNS",
                     help="e.g. 2+0:mean,2+2:replay: fresh+fork draws kept (largest), 'mean' of both halves or 'replay' alone")
     args = ap.parse_args()
+    data = Inputs(args.forks)
     if args.simulate:
-        simulate([(int(d.split("+")[0]), int(d.split("+")[1].split(":")[0]), d.split(":")[1])
-                  for d in args.simulate.split(",")], 300, forks=args.forks)
+        simulate(data, [(int(d.split("+")[0]), int(d.split("+")[1].split(":")[0]), d.split(":")[1])
+                        for d in args.simulate.split(",")], 300)
         return
-    from overseer_plan import calibration as cal_mod
-    from overseer_plan.calibration import DEFAULTS, churn_microbatches, is_half_precision
-
-    recs = load(args.forks)
-    cal_recs = [r for r in recs if r["set"] == "calibration"]
-    measured_cal = [m * MiB for m in json.loads((ROOT / "bench/results/calibration_measurements.json").read_text())["measured_mib"]]
-    if len(cal_recs) != len(measured_cal):
-        sys.exit("replay_draws.jsonl lacks calibration points; run draw_spread.py --only calibration")
-    stored = {(r["family"], r["batch"], r["seq"], r["ckpt"], r["precision"], r["ga"]): r
-              for r in json.loads((ROOT / "bench/results/estimator_rows.json").read_text())}
-    rows = [r for r in recs if r["set"].startswith("matrix:")]
+    from overseer_plan import calibration as cal
 
     def pool(r: dict) -> list[int]:
         return {"fresh": r["fresh"], "forks": r["forks"], "both": r["fresh"] + r["forks"]}[args.pool]
 
-    # The allocator model's fit does not depend on the replay statistic.
-    frac, constant, churn_offset = cal_mod.fit_churn_factors(
-        [(r["sim_peak"], r["churn"], y, is_half_precision(r["precision"])) for r, y in zip(cal_recs, measured_cal, strict=True)])
-    print(f"allocator model refit: churn_fraction {frac:.4f} constant {constant / MiB:.1f} MiB offset "
-          f"{churn_offset / MiB:+.1f} MiB (shipped {DEFAULTS.cpu.churn_fraction:.4f}, "
-          f"{DEFAULTS.cpu.constant_bytes / MiB:.1f})")
-    compare(recs)
-    n_max = min(len(pool(r)) for r in recs)
+    print(f"allocator model refit: churn_fraction {data.frac:.4f} constant {data.constant / MiB:.1f} MiB offset "
+          f"{data.churn_offset / MiB:+.1f} MiB (shipped {cal.DEFAULTS.cpu.churn_fraction:.4f}, "
+          f"{cal.DEFAULTS.cpu.constant_bytes / MiB:.1f})")
+    compare(data.recs)
+    n_max = min(len(pool(r)) for r in data.recs)
     if n_max == 0:
         sys.exit(f"no {args.pool} draws stored")
-    print(f"{len(rows)} matrix rows; pool {args.pool}, {n_max} draws per row at least")
+    print(f"{len(data.rows)} matrix rows; pool {args.pool}, {n_max} draws per row at least")
     print("n | replay const MiB | traced median/max/worst, under -5%, over +10% | replay half alone | GPT-2 8x512 ck fp32 | llama 4x256 ck fp32")
     for n in range(1, n_max + 1):
-        stat = {r["key"]: expected_max(pool(r), n) for r in recs}
-        fit = cal_mod.fit_replay_constant(
-            [(stat[r["key"]], y, is_half_precision(r["precision"])) for r, y in zip(cal_recs, measured_cal, strict=True)])
-        assert fit is not None
-        rconst, roffset = fit
-        half_off = cal_mod.half_precision_offset(churn_offset, roffset)
-        cpu = DEFAULTS.cpu.model_copy(update={"churn_fraction": frac, "constant_bytes": constant,
-                                              "replay_constant_bytes": rconst, "half_precision_bytes": half_off})
-        cal = DEFAULTS.model_copy(update={"cpu": cpu})
+        calib, rconst = data.calibration([expected_max(pool(r), n) for r in data.cal_recs])
         errs, rerrs, marks = [], [], {}
-        for r in rows:
-            fam = r["set"].split(":", 1)[1]
-            m = stored[(fam, r["batch"], r["seq"], r["ckpt"], r["precision"], r["ga"])]["measured"]
-            half = is_half_precision(r["precision"])
-            churn = r["churn"] * churn_microbatches(r["ga"]) / min(r["ga"], 2)
-            rep = cal_mod.cpu_rss_from_replay(stat[r["key"]], cal, half=half)
-            alloc = cal_mod.cpu_rss_from_sim(r["sim_peak"], cal, churn, half=half)
+        for r, fam, m, half, churn in data.rows:
+            rep = cal.cpu_rss_from_replay(expected_max(pool(r), n), calib, half=half)
+            alloc = cal.cpu_rss_from_sim(r["sim_peak"], calib, churn, half=half)
             e = ((rep + alloc) / 2 - m) / m * 100
             errs.append(e)
             rerrs.append((rep - m) / m * 100)
@@ -145,50 +161,31 @@ def main() -> None:
               f"{marks.get('llama-4x256-gqa', '-')}")
 
 
-def simulate(designs: list[tuple[int, int, str]], iterations: int, seed: int = 0, forks: str = "malloc") -> None:
+def simulate(data: Inputs, designs: list[tuple[int, int, str]], iterations: int, seed: int = 0) -> None:
     """Monte Carlo of whole matrix passes: per design (fresh draws, fork draws, halves), each pass
     draws that many of each row's stored draws at random, keeps the largest, and scores the matrix.
     The replay constant is fitted on the calibration points' average of the same statistic. Prints
-    the share of passes that meet each CPU target and the spread of the worst rows."""
+    the share of passes that meet each CPU target and the 90th percentile of rows under -5%."""
     import random
 
-    from overseer_plan import calibration as cal_mod
-    from overseer_plan.calibration import DEFAULTS, churn_microbatches, is_half_precision
+    from overseer_plan import calibration as cal
 
     rng = random.Random(seed)
-    recs = load(forks)
-    cal_recs = [r for r in recs if r["set"] == "calibration"]
-    measured_cal = [m * MiB for m in json.loads((ROOT / "bench/results/calibration_measurements.json").read_text())["measured_mib"]]
-    stored = {(r["family"], r["batch"], r["seq"], r["ckpt"], r["precision"], r["ga"]): r
-              for r in json.loads((ROOT / "bench/results/estimator_rows.json").read_text())}
-    rows = [r for r in recs if r["set"].startswith("matrix:")]
-    frac, constant, churn_offset = cal_mod.fit_churn_factors(
-        [(r["sim_peak"], r["churn"], y, is_half_precision(r["precision"])) for r, y in zip(cal_recs, measured_cal, strict=True)])
 
     def draw(r: dict, nf: int, nk: int) -> int:
         return max(rng.sample(r["fresh"], nf) + rng.sample(r["forks"], nk))
 
-    print(f"{len(rows)} matrix rows, {iterations} simulated passes per design")
+    print(f"{len(data.rows)} matrix rows, {iterations} simulated passes per design")
     print("fresh+forks halves | const MiB | median of (median, max, worst) | passes: median<=5, max<=10, none<-5, all three | under rows p90")
     for nf, nk, halves in designs:
-        cal_stat = [statistics.fmean(draw(r, nf, nk) for _ in range(400)) for r in cal_recs]
-        rconst, roffset = cal_mod.fit_replay_constant(
-            [(x, y, is_half_precision(r["precision"])) for x, r, y in zip(cal_stat, cal_recs, measured_cal, strict=True)])
-        cpu = DEFAULTS.cpu.model_copy(update={"churn_fraction": frac, "constant_bytes": constant, "replay_constant_bytes": rconst,
-                                              "half_precision_bytes": cal_mod.half_precision_offset(churn_offset, roffset)})
-        cal = DEFAULTS.model_copy(update={"cpu": cpu})
-        fixed = []
-        for r in rows:
-            fam = r["set"].split(":", 1)[1]
-            m = stored[(fam, r["batch"], r["seq"], r["ckpt"], r["precision"], r["ga"])]["measured"]
-            half = is_half_precision(r["precision"])
-            churn = r["churn"] * churn_microbatches(r["ga"]) / min(r["ga"], 2)
-            fixed.append((r, m, half, cal_mod.cpu_rss_from_sim(r["sim_peak"], cal, churn, half=half)))
+        calib, rconst = data.calibration([statistics.fmean(draw(r, nf, nk) for _ in range(400)) for r in data.cal_recs])
+        fixed = [(r, m, half, cal.cpu_rss_from_sim(r["sim_peak"], calib, churn, half=half))
+                 for r, _, m, half, churn in data.rows]
         meds, maxs, worsts, unders, ok = [], [], [], [], [0, 0, 0, 0]
         for _ in range(iterations):
             errs = []
             for r, m, half, alloc in fixed:
-                rep = cal_mod.cpu_rss_from_replay(draw(r, nf, nk), cal, half=half)
+                rep = cal.cpu_rss_from_replay(draw(r, nf, nk), calib, half=half)
                 est = rep if halves == "replay" else (rep + alloc) / 2
                 errs.append((est - m) / m * 100)
             med, mx, worst = statistics.median(abs(e) for e in errs), max(abs(e) for e in errs), min(errs)
