@@ -49,8 +49,10 @@ def python_perturbation(rng, libc) -> list:
     """Besides glibc's small blocks, move where Python's objects land (a random number of small
     objects kept alive) and add medium glibc blocks: a fork shares its parent's address layout and
     hash seed, the two things that make fresh processes' heaps differ (chaos_sources.py)."""
+    from replay_draws import _glibc_perturbation
+
     objects = [(rng.random(),) * rng.randrange(1, 8) for _ in range(rng.randrange(0, 20000))]
-    blocks = [libc.malloc(rng.randrange(16, 1024)) for _ in range(rng.randrange(1, 400))]
+    blocks = _glibc_perturbation(rng, libc)
     blocks += [libc.malloc(rng.randrange(4096, 1 << 18)) for _ in range(rng.randrange(0, 8))]
     return [objects, blocks]
 
