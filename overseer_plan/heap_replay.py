@@ -313,15 +313,18 @@ def _job(config: PretrainedConfig, cfg: EstimateConfig, depth: int) -> dict[str,
 
 
 def _forked(jobs: list[dict[str, Any]], warmed: int) -> list[dict[str, Any] | None]:
-    """Each job in its own fork of this process, side by side.
+    """Every job but the last in its own fork of this process, the last in this process, side by side.
 
     A fork starts from the heap this process's imports left, as a fresh process would after the
     same imports, without paying for them again (~5 s of CPU each on 2 cores). Forks share the
     parent's address layout and hash seed, so they are not independent draws of the heap's chaos:
     right for a deep model's two depths, not for repeats of one (`replay` repeats in processes).
+    The last job runs here rather than in one more fork: the heap it starts from is the same, and
+    the tree holds one process fewer (a fork's trace dirties ~50 MiB; a traced estimate of a deep
+    model peaked at 960 MiB of PSS over its 5 processes, BENCHMARKS.md §2, twenty-fourth pass).
     """
     children = []
-    for job in jobs:
+    for job in jobs[:-1]:  # all forked before this process's own job touches the heap
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: trace, write the result, leave without running the parent's exit code
@@ -337,13 +340,17 @@ def _forked(jobs: list[dict[str, Any]], warmed: int) -> list[dict[str, Any] | No
             os._exit(code)
         os.close(write_fd)
         children.append((pid, read_fd))
+    try:
+        own: dict[str, Any] | None = run_job(jobs[-1], warmed_heap_bytes=warmed)
+    except Exception:  # noqa: BLE001 - reported as a failed depth, as a fork's failure is
+        own = None
     results: list[dict[str, Any] | None] = []
     for pid, read_fd in children:
         with os.fdopen(read_fd, "rb") as pipe:
             data = pipe.read()
         _, status = os.waitpid(pid, 0)
         results.append(json.loads(data) if status == 0 and data else None)
-    return results
+    return [*results, own]
 
 
 def main() -> None:
