@@ -361,11 +361,7 @@ def main() -> None:
     text = sys.stdin.read()
     if not text.strip():
         return  # the parent did not need this process after all
-    jobs = json.loads(text)["jobs"]
-    if len(jobs) == 1:
-        print(json.dumps([run_job(jobs[0], warmed_heap_bytes=warmed)]))
-    else:
-        print(json.dumps(_forked(jobs, warmed)))
+    print(json.dumps(_forked(json.loads(text)["jobs"], warmed)))  # one job: no fork, it runs here
 
 
 if __name__ == "__main__":
