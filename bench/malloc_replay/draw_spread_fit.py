@@ -1,7 +1,7 @@
 """Matrix errors of the traced estimate if the replay half kept the largest of n draws, n = 2..10.
 
     python bench/malloc_replay/draw_spread_fit.py [--pool fresh|forks|both]
-    python bench/malloc_replay/draw_spread_fit.py --simulate 2+0:mean,4+0:mean,2+2:mean [--forks python]
+    python bench/malloc_replay/draw_spread_fit.py --simulate 2+0:mean,4+0:mean,2+2:mean [--forks python] [--spread K]
 
 Reads every bench/results/replay_draws*.jsonl (draw_spread.py's, and replay_draws_row_under.jsonl: 32
 more fresh draws of the row under -5%), pooling one row's draws across files. For each statistic the replay constant
@@ -118,13 +118,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pool", choices=["fresh", "forks", "both"], default="both")
     ap.add_argument("--forks", choices=["malloc", "python"], default="malloc", help="which fork draws (see load)")
+    ap.add_argument("--spread", type=float, default=0.0, metavar="K",
+                    help="with --simulate: keep the largest draw plus K times the drawn draws' range")
     ap.add_argument("--simulate", metavar="DESIGNS",
                     help="e.g. 2+0:mean,2+2:replay: fresh+fork draws kept (largest), 'mean' of both halves or 'replay' alone")
     args = ap.parse_args()
     data = Inputs(args.forks)
     if args.simulate:
         simulate(data, [(int(d.split("+")[0]), int(d.split("+")[1].split(":")[0]), d.split(":")[1])
-                        for d in args.simulate.split(",")], 300)
+                        for d in args.simulate.split(",")], 300, spread=args.spread)
         return
     from overseer_plan import calibration as cal
 
@@ -161,19 +163,23 @@ def main() -> None:
               f"{marks.get('llama-4x256-gqa', '-')}")
 
 
-def simulate(data: Inputs, designs: list[tuple[int, int, str]], iterations: int, seed: int = 0) -> None:
+def simulate(data: Inputs, designs: list[tuple[int, int, str]], iterations: int, seed: int = 0,
+             spread: float = 0.0) -> None:
     """Monte Carlo of whole matrix passes: per design (fresh draws, fork draws, halves), each pass
     draws that many of each row's stored draws at random, keeps the largest, and scores the matrix.
     The replay constant is fitted on the calibration points' average of the same statistic. Prints
-    the share of passes that meet each CPU target and the 90th percentile of rows under -5%."""
+    the share of passes that meet each CPU target and the 90th percentile of rows under -5%.
+    `spread` > 0 adds that many times the drawn draws' range to their largest, a margin that grows
+    with the spread the draws show."""
     import random
 
     from overseer_plan import calibration as cal
 
     rng = random.Random(seed)
 
-    def draw(r: dict, nf: int, nk: int) -> int:
-        return max(rng.sample(r["fresh"], nf) + rng.sample(r["forks"], nk))
+    def draw(r: dict, nf: int, nk: int) -> float:
+        got = rng.sample(r["fresh"], nf) + rng.sample(r["forks"], nk)
+        return max(got) + spread * (max(got) - min(got))
 
     print(f"{len(data.rows)} matrix rows, {iterations} simulated passes per design")
     print("fresh+forks halves | const MiB | median of (median, max, worst) | passes: median<=5, max<=10, none<-5, all three | under rows p90")
